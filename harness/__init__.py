@@ -1,0 +1,1 @@
+"""The sweep driver: config -> search space -> Ray Tune -> results."""

