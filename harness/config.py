@@ -7,6 +7,7 @@ Errors come back as one line per problem, naming the dotted YAML path and the fi
 
 from __future__ import annotations
 
+import builtins
 import copy
 import difflib
 import math
@@ -71,7 +72,7 @@ class Param(Strict):
     grid: list[Any] | None = None
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None  # the field name shadows the builtin here
     tie: str | None = None
     times: float = 1.0
     plus: float = 0.0
@@ -216,6 +217,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; users mean a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.strip(), value
 
 
@@ -284,6 +290,10 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
     if cfg.search.metric not in cfg.metrics():
         problems.append(f"search.metric: {cfg.search.metric!r} is produced by no configured evaluation; "
                         f"choose one of: {', '.join(cfg.metrics())}")
+    if cfg.scheduler.type != "fifo" and cfg.search.metric not in TRAIN_METRICS:
+        problems.append(f"scheduler.type: {cfg.scheduler.type} stops trials on intermediate reports, but "
+                        f"{cfg.search.metric!r} is only measured at the end of a trial; use scheduler.type: fifo "
+                        "or search.metric: eval_loss")
     if cfg.scheduler.type != "fifo" and cfg.reports_per_trial <= cfg.scheduler.grace_period:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.type} needs more reports than grace_period "
                         f"({cfg.reports_per_trial} = train.epochs x train.evals_per_epoch); raise evals_per_epoch "

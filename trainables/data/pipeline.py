@@ -1,4 +1,8 @@
-"""The one data entry point of a trial: load pool + eval set, select the subset, describe it."""
+"""The one data entry point of a trial: load the pool, clean it, hold out the eval set, select the
+subset, attach what the curriculum needs, describe it.
+
+    load (formats) -> dedup + decontaminate (hygiene) -> split off eval -> [model scores] -> select
+"""
 
 from __future__ import annotations
 
@@ -6,47 +10,125 @@ import random
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from trainables.data.config import DataConfig, SelectionConfig
-from trainables.data.formats import Example, load_examples
-from trainables.data.selection import select
+from trainables.data.config import CurriculumConfig, DataConfig, SelectionConfig
+from trainables.data.difficulty import attach_scores
+from trainables.data.formats import Example, LoadReport, check_bad_rows, load_examples, load_with_report
+from trainables.data.hygiene import decontaminate, dedup
+from trainables.data.selection import needs_model, select
 
 
 @dataclass
 class Prepared:
-    train: list[Example]
+    train: list[Example]  # the selected subset, in ranking order (the curriculum orders it for training)
     eval: list[Example]
     stats: dict[str, float] = field(default_factory=dict)  # go to results.csv and W&B
+    removed: dict[str, list[str]] = field(default_factory=dict)  # why -> ids dropped by dedup / decontamination
+    reports: list[LoadReport] = field(default_factory=list)  # per training file: rows, bad rows and why
+
+    @property
+    def selected_ids(self) -> list[str]:
+        return [e.id for e in self.train]
 
 
-def split_pool(data: DataConfig) -> tuple[list[Example], list[Example]]:
-    """(selection pool, held-out eval). The split is seeded by data.split_seed, not the trial seed,
-    so every trial of a sweep is scored on the same held-out examples."""
-    pool = load_examples(data.train, data.format)
+@dataclass
+class Pool:
+    examples: list[Example]
+    held_out: list[Example]
+    removed: dict[str, list[str]]
+    reports: list[LoadReport]
+
+
+def load_pool(data: DataConfig) -> Pool:
+    """All training files, deduplicated and decontaminated, with the held-out eval rows split off.
+    The split is seeded by data.split_seed, not the trial seed, so every trial of a sweep is scored on
+    the same held-out examples."""
+    pool: list[Example] = []
+    reports = []
+    for path in data.train_files:
+        examples, report = load_with_report(path, data.format, fields=data.fields, split=data.hf_split)
+        check_bad_rows(report, data.max_bad_fraction)
+        pool += examples
+        reports.append(report)
+    pool, removed = dedup(pool, data.dedup)
+    pool, dropped = decontaminate(pool, data.decontaminate, data.ngram)
+    removed.update(dropped)
     if data.eval:
-        return pool, load_examples(data.eval, data.format, field_name="data.eval")
+        held = load_examples(data.eval, data.format, field_name="data.eval", fields=data.fields,
+                             split=data.hf_split, max_bad_fraction=data.max_bad_fraction)
+        return Pool(pool, held, removed, reports)
     if len(pool) <= data.eval_size:
         raise ValueError(f"data.eval_size: {data.eval_size} leaves no training pool ({len(pool)} rows in {data.train})")
     order = list(range(len(pool)))
     random.Random(data.split_seed).shuffle(order)
     held = set(order[: data.eval_size])
-    return [e for i, e in enumerate(pool) if i not in held], [pool[i] for i in order[: data.eval_size]]
+    return Pool([e for i, e in enumerate(pool) if i not in held], [pool[i] for i in order[: data.eval_size]],
+                removed, reports)
+
+
+def split_pool(data: DataConfig) -> tuple[list[Example], list[Example]]:
+    """(selection pool, held-out eval) after hygiene."""
+    p = load_pool(data)
+    return p.examples, p.held_out
 
 
 def subset_stats(examples: list[Example], n_tokens: Callable[[Example], int]) -> dict[str, float]:
     scores = [e.score for e in examples if e.score is not None]
-    return {
+    stats = {
         "n_examples": len(examples),
         "train_tokens": sum(n_tokens(e) for e in examples),
         "mean_response_chars": statistics.fmean(len(e.response_text) for e in examples) if examples else 0.0,
         "mean_score": statistics.fmean(scores) if scores else float("nan"),
     }
+    for key in ("loss", "ifd"):  # model difficulty of the subset, where it was computed
+        values = [e.meta[key] for e in examples if e.meta.get(key, float("nan")) == e.meta.get(key)]
+        if values:
+            stats[f"mean_{key}"] = statistics.fmean(values)
+    return stats
+
+
+def _scoring_sample(pool: list[Example], selection: SelectionConfig, seed: int) -> list[Example]:
+    """The pool examples a model-based strategy scores: a fixed sample (data.split_seed, not the trial
+    seed), so every trial and seed of a sweep shares one cached scoring pass."""
+    if selection.score_pool is None or selection.score_pool >= len(pool):
+        return pool
+    picked = sorted(random.Random(seed).sample(range(len(pool)), selection.score_pool))
+    return [pool[i] for i in picked]
 
 
 def prepare(
-    data: DataConfig, selection: SelectionConfig, seed: int, n_tokens: Callable[[Example], int]
+    data: DataConfig, selection: SelectionConfig, seed: int, n_tokens: Callable[[Example], int], *,
+    curriculum: CurriculumConfig | None = None, model: Any = None, tokenizer: Any = None,
+    max_len: int | None = None, progress: bool = True,
 ) -> Prepared:
-    pool, held_out = split_pool(data)
-    chosen = select(pool, selection, seed, n_tokens)
-    stats = {"pool_size": len(pool), **subset_stats(chosen, n_tokens)}
-    return Prepared(train=chosen, eval=held_out, stats=stats)
+    """Pool -> selected subset + held-out eval + stats.
+
+    model/tokenizer (the trial's base model, before LoRA) are needed only by model-based strategies
+    (selection.strategy loss / ifd) and by curricula ordered by loss / ifd; scores land in Example.meta.
+    max_len: the token length scoring truncates to (selection.score_max_len wins; default 512).
+    """
+    p = load_pool(data)
+    score_kwargs = {
+        "max_len": selection.score_max_len or max_len or 512, "batch_size": selection.score_batch_size,
+        "progress": progress,
+    }
+
+    def need(what: str) -> None:
+        if model is None or tokenizer is None:
+            raise ValueError(f"{what} scores examples with the base model: pass model= and tokenizer= to prepare()")
+
+    if needs_model(selection.strategy):
+        need(f"selection.strategy {selection.strategy}")
+        attach_scores(_scoring_sample(p.examples, selection, data.split_seed), model, tokenizer, **score_kwargs)
+    chosen = select(p.examples, selection, seed, n_tokens)
+    if curriculum is not None and curriculum.needs_model:
+        need(f"curriculum.metric {curriculum.metric}")
+        attach_scores([e for e in chosen if curriculum.metric not in e.meta], model, tokenizer, **score_kwargs)
+    raw_rows = sum(r.rows for r in p.reports)
+    stats = {
+        "pool_rows": raw_rows, "bad_rows": sum(r.n_bad for r in p.reports), "pool_size": len(p.examples),
+        **{f"removed_{why}": len(ids) for why, ids in p.removed.items()},
+        **subset_stats(chosen, n_tokens),
+    }
+    return Prepared(train=chosen, eval=p.held_out, stats=stats, removed=p.removed, reports=p.reports)

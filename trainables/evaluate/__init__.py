@@ -1,1 +1,77 @@
-"""End-of-trial evaluations (perplexity, multiple choice, generation, LLM judge): a registry by name."""
+"""End-of-trial evaluations (perplexity, multiple choice, generation, LLM judge): a registry by name.
+
+Each evaluator is one module that registers an `Evaluator`: whether the config switches it on, the
+metric names it will produce (EvalConfig.metrics(), checked against search.metric before launch) and
+`run(ctx)`. They run in registration order, so the judge sees the generation's outputs.
+`run_all` is what a trial calls at its end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainables.registry import Registry
+
+if TYPE_CHECKING:
+    from trainables.data.formats import Example
+    from trainables.evaluate.config import EvalConfig
+
+
+@dataclass
+class EvalContext:
+    cfg: EvalConfig
+    model: Any
+    tokenizer: Any
+    trial_dir: Path
+    train_pool: list[Example] | None = None
+    shared: dict[str, Any] = field(default_factory=dict)  # e.g. "generations" for the judge
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    enabled: Callable[[EvalConfig], bool]
+    metrics: Callable[[EvalConfig], list[str]]
+    run: Callable[[EvalContext], dict[str, float]]
+
+
+class _OrderedRegistry(Registry[Evaluator]):
+    def names_in_order(self) -> list[str]:
+        return list(self._items)
+
+
+EVALUATORS: _OrderedRegistry = _OrderedRegistry("evaluator")
+
+# Registration order = run order (generate before judge). Imported for their @register side effect.
+from trainables.evaluate import generate, judge, mcq, perplexity  # noqa: E402,F401,I001
+
+
+def run_all(
+    eval_cfg: EvalConfig,
+    model: Any,
+    tokenizer: Any,
+    trial_dir: Path,
+    train_pool: list[Example] | None = None,
+) -> dict[str, float]:
+    """Run every configured evaluator on (model, tokenizer); files go under trial_dir. {} when none is on."""
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    ctx = EvalContext(eval_cfg, model, tokenizer, trial_dir, train_pool)
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = {}
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        for name in EVALUATORS.names_in_order():
+            ev = EVALUATORS.get(name)
+            if ev.enabled(eval_cfg):
+                metrics.update(ev.run(ctx))
+    finally:
+        if was_training:
+            model.train()
+    if metrics:
+        metrics["eval_seconds"] = time.perf_counter() - t0
+    return metrics

@@ -4,12 +4,18 @@
 `token_budget`. So one registry entry = one ranking function in its own module:
 
     @SELECTION.register("longest")
-    def longest(pool: list[Example], cfg: SelectionConfig, seed: int) -> list[int]: ...
+    def longest(pool: list[Example], cfg: SelectionConfig, seed: int) -> Iterable[int]: ...
+
+A ranking may be lazy (a generator): select() only draws as many indices as it keeps, which is
+what makes k-center diversity cheap on a large pool. A ranking may also leave indices out
+(e.g. examples without a score). Strategies that need per-example scores from the base model
+are marked with @model_scored; prepare() attaches those scores to Example.meta first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from trainables.registry import Registry
@@ -18,17 +24,28 @@ if TYPE_CHECKING:
     from trainables.data.config import SelectionConfig
     from trainables.data.formats import Example
 
-Ranking = Callable[["list[Example]", "SelectionConfig", int], "list[int]"]
+Ranking = Callable[["list[Example]", "SelectionConfig", int], Iterable[int]]
 SELECTION: Registry[Ranking] = Registry("selection strategy")
+
+
+def model_scored(fn: Ranking) -> Ranking:
+    """Mark a strategy that ranks by Example.meta["loss"/"ifd"] (computed by trainables.data.difficulty)."""
+    fn.needs_model = True  # type: ignore[attr-defined]
+    return fn
+
+
+def needs_model(strategy: str) -> bool:
+    return bool(getattr(SELECTION.get(strategy), "needs_model", False))
 
 
 def select(
     pool: list[Example], cfg: SelectionConfig, seed: int, n_tokens: Callable[[Example], int] | None = None
 ) -> list[Example]:
-    """Rank the pool with cfg.strategy, skip cfg.offset, then take n or fill the token budget."""
-    ranking = SELECTION.get(cfg.strategy)(pool, cfg, seed)[cfg.offset:]
+    """Rank the pool with cfg.strategy, skip cfg.offset, then take n or fill the token budget
+    (the last example may overshoot the budget: totals land within one example of it)."""
+    ranking = itertools.islice(SELECTION.get(cfg.strategy)(pool, cfg, seed), cfg.offset, None)
     if cfg.token_budget is None:
-        return [pool[i] for i in ranking[: cfg.n]]
+        return [pool[i] for i in itertools.islice(ranking, cfg.n)]
     if n_tokens is None:
         raise ValueError("selection.token_budget needs a token counter")
     chosen, total = [], 0
@@ -41,4 +58,4 @@ def select(
 
 
 # Strategies register themselves on import.
-from trainables.data.selection import basic  # noqa: E402,F401
+from trainables.data.selection import basic, diversity, length, model_based, score  # noqa: E402,F401

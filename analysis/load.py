@@ -1,0 +1,217 @@
+"""Read one sweep directory into a `Sweep`: results table, sweep config, per-trial histories.
+
+Only the files the driver writes are read (DESIGN.md, "results.csv contract"); W&B is never
+consulted, so a report can be rebuilt from a copied run directory alone. Everything is
+optional except results.csv: a sweep killed half-way still gets a report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "int", "tie")
+LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed"]
+TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
+COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
+# Names evaluators produce besides the training metrics (trainables/evaluate/*): kept as metrics.
+EVAL_PREFIXES = ("ppl_", "perplexity", "mcq_", "judge_", "acc", "rouge", "bleu", "exact_match", "f1")
+SEED_PATH = "train.seed"
+
+
+@dataclass
+class SpaceParam:
+    """One search-space entry of sweep.yaml, whatever form it was dumped in."""
+
+    path: str
+    kind: str
+    values: list[Any] = field(default_factory=list)  # choice/grid levels
+    low: float | None = None
+    high: float | None = None
+    tie: str | None = None
+    times: float = 1.0
+    plus: float = 0.0
+
+    @property
+    def log(self) -> bool:
+        return self.kind == "loguniform"
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    config: dict[str, Any]
+    results: pd.DataFrame
+    histories: dict[str, pd.DataFrame]
+    trial_configs: dict[str, dict[str, Any]]
+    space: dict[str, SpaceParam]
+    metric: str
+    mode: str
+
+    @property
+    def param_columns(self) -> list[str]:
+        return [c for c in self.results.columns if c.startswith("config/")]
+
+    @property
+    def factors(self) -> list[str]:
+        """Dotted paths varied in this sweep (seed and tied parameters excluded: they are not factors)."""
+        out = []
+        for col in self.param_columns:
+            path = col.removeprefix("config/")
+            if path == SEED_PATH or self.is_tied(path):
+                continue
+            if self.results[col].dropna().astype(str).nunique() > 1:
+                out.append(path)
+        return out
+
+    @property
+    def constants(self) -> dict[str, Any]:
+        """config/ columns that took one value in every trial (listed once in the report)."""
+        out = {}
+        for col in self.param_columns:
+            vals = self.results[col].dropna().astype(str).unique()
+            if len(vals) == 1:
+                out[col.removeprefix("config/")] = self.results[col].dropna().iloc[0]
+        return out
+
+    def is_tied(self, path: str) -> bool:
+        p = self.space.get(path)
+        return p is not None and p.kind == "tie"
+
+    @property
+    def seeds(self) -> list[Any]:
+        col = f"config/{SEED_PATH}" if f"config/{SEED_PATH}" in self.results else "seed"
+        if col not in self.results:
+            return list(self.config.get("search", {}).get("seeds", []))
+        return sorted(self.results[col].dropna().unique().tolist())
+
+    @property
+    def metrics(self) -> list[str]:
+        """Recorded quality metrics, objective first."""
+        cols = [c for c in self.results.columns if _is_metric(c) and self.results[c].notna().any()]
+        return [self.metric] + [c for c in cols if c != self.metric] if self.metric in self.results else cols
+
+    @property
+    def costs(self) -> list[str]:
+        return [c for c in COST if c in self.results and self.results[c].notna().any()]
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.results[self.results["status"] == "TERMINATED"]
+
+    def base_value(self, path: str) -> Any:
+        """The configured default of a dotted path in sweep.yaml (None when absent)."""
+        d: Any = self.config
+        for part in path.split("."):
+            if not isinstance(d, dict) or part not in d:
+                return None
+            d = d[part]
+        return d
+
+
+def _is_metric(col: str) -> bool:
+    return col in TRAIN_METRICS or col.startswith(EVAL_PREFIXES) or col.endswith(("_acc", "_score"))
+
+
+def parse_space(raw: dict[str, Any] | None) -> dict[str, SpaceParam]:
+    """search.space as written by hand ({choice: [..]}) or by model_dump() (every kind, unused ones None)."""
+    out = {}
+    for path, entry in (raw or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        kind = next((k for k in SPACE_KINDS if entry.get(k) is not None), None)
+        if kind is None:
+            continue
+        p = SpaceParam(path=path, kind=kind, times=float(entry.get("times", 1.0) or 1.0),
+                       plus=float(entry.get("plus", 0.0) or 0.0))
+        if kind in ("choice", "grid"):
+            p.values = list(entry[kind])
+        elif kind == "tie":
+            p.tie = entry["tie"]
+        else:
+            p.low, p.high = (float(v) for v in entry[kind])
+        out[path] = p
+    return out
+
+
+def _status_column(df: pd.DataFrame) -> pd.Series:
+    """Normalise status; a row flagged stopped_early is EARLY_STOPPED even if an older driver said TERMINATED."""
+    status = df["status"].fillna("UNKNOWN").astype(str).str.upper() if "status" in df else pd.Series(
+        "TERMINATED", index=df.index)
+    if "stopped_early" in df:
+        flag = df["stopped_early"].astype(str).str.lower().isin(["true", "1", "yes"])
+        status = status.where(~(flag & (status == "TERMINATED")), "EARLY_STOPPED")
+    return status
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"trial_id": str})
+    df["status"] = _status_column(df)
+    df["stopped_early"] = df["status"] == "EARLY_STOPPED"
+    for col in df.columns:
+        if col in LEAD or col.startswith("config/"):
+            continue
+        # Metric and cost columns are numbers; blanks (failed trials) become NaN. A column with no
+        # number at all (free text some driver added) is left alone.
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            numbers = pd.to_numeric(df[col], errors="coerce")
+            if numbers.notna().any():
+                df[col] = numbers
+    return df
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a half-written last line from a killed trial
+    df = pd.DataFrame(rows)
+    if "training_iteration" not in df and len(df):
+        df["training_iteration"] = range(1, len(df) + 1)
+    return df
+
+
+def load_sweep(run_dir: str | Path) -> Sweep:
+    run_dir = Path(run_dir)
+    results_file = run_dir / "results.csv"
+    if not results_file.exists():
+        raise FileNotFoundError(f"{results_file} not found; pass a sweep directory such as runs/<name>")
+    config: dict[str, Any] = {}
+    if (run_dir / "sweep.yaml").exists():
+        config = yaml.safe_load((run_dir / "sweep.yaml").read_text(encoding="utf-8")) or {}
+    results = read_results(results_file)
+    search = config.get("search", {}) or {}
+    metric = search.get("metric") or "eval_loss"
+    mode = search.get("mode") or "min"
+    histories, trial_configs = {}, {}
+    for tid in results["trial_id"].astype(str):
+        tdir = run_dir / "trials" / tid
+        if (tdir / "metrics.jsonl").exists():
+            histories[tid] = read_history(tdir / "metrics.jsonl")
+        if (tdir / "config.json").exists():
+            try:
+                trial_configs[tid] = json.loads((tdir / "config.json").read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                pass
+    return Sweep(path=run_dir, name=str(config.get("name") or run_dir.name), config=config, results=results,
+                 histories=histories, trial_configs=trial_configs, space=parse_space(search.get("space")),
+                 metric=metric, mode=mode)
+
+
+def finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False

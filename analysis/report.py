@@ -1,0 +1,425 @@
+"""The report: `python -m analysis.report runs/<sweep> [runs/<other> ...] [--out DIR] [--baseline k=v ...]`.
+
+write_report() loads each sweep directory, runs the ablation, sensitivity and curve analyses,
+and writes <out>/report.md with tables/*.csv|.tex|.md and figures/*.png next to it. The driver
+calls it at the end of a sweep; it never raises for a thin sweep (2 trials, all failed...),
+it says what is missing instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from analysis import curves, render
+from analysis.ablation import Ablation, ablation
+from analysis.curves import Savings
+from analysis.load import SEED_PATH, Sweep, finite, load_sweep
+from analysis.narrative import Findings, analysis_sentences, conclusion_sentences, findings
+from analysis.sensitivity import Sensitivity, sensitivity
+from analysis.stats import compare
+
+PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "ray", "optuna", "pandas",
+            "scipy", "numpy", "matplotlib", "wandb", "pydantic"]
+MD_MAX_ROWS = 60  # longer tables are cut in report.md; the CSV / TeX keep every row
+
+
+@dataclass
+class Analysed:
+    sweep: Sweep
+    prefix: str
+    ablation: Ablation
+    sensitivity: Sensitivity
+    savings: Savings
+    findings: Findings
+    pareto: pd.DataFrame
+    figures: list[Path] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def analyse(sweep: Sweep, fig_dir: Path, prefix: str, baseline: dict[str, Any] | None) -> Analysed:
+    abl = ablation(sweep, baseline)
+    sens = sensitivity(sweep, fig_dir, prefix)
+    figs = list(sens.figures)
+    lc = curves.learning_curves(sweep, fig_dir / f"{prefix}learning_curves.png")
+    pf, front = curves.pareto(sweep, fig_dir / f"{prefix}pareto.png")
+    figs = [f for f in (lc, pf) if f] + figs
+    best = curves.best_trial(sweep)
+    return Analysed(sweep, prefix, abl, sens, curves.savings(sweep), findings(sweep, abl, best), front, figs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+class Doc:
+    """report.md being built, plus every table written alongside it."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.lines: list[str] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines += list(lines)
+
+    def table(self, a: Analysed | None, df: pd.DataFrame, name: str, caption: str, inline: bool = True) -> None:
+        name = (a.prefix if a else "") + name
+        if a is not None:
+            a.tables[name] = df
+        md = render.write_table(df, self.out_dir / "tables", name, caption)
+        if not inline:
+            self.add(f"*{caption}*: tables/{name}.csv, .tex, .md", "")
+            return
+        if len(df) > MD_MAX_ROWS:
+            md = render.to_markdown(df.head(MD_MAX_ROWS)) + f"\n({len(df) - MD_MAX_ROWS} more rows in tables/{name}.csv)\n"
+        self.add(f"*{caption}* (tables/{name}.csv, .tex, .md)", "", md.rstrip(), "")
+
+    def figure(self, path: Path, caption: str) -> None:
+        self.add(f"![{caption}]({path.relative_to(self.out_dir).as_posix()})", "")
+
+
+def _get(cfg: dict, path: str, default: Any = "–") -> Any:
+    d: Any = cfg
+    for p in path.split("."):
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def space_table(sweep: Sweep) -> pd.DataFrame:
+    rows = []
+    for path, p in sweep.space.items():
+        if p.kind in ("choice", "grid"):
+            rng = ", ".join(map(str, p.values))
+        elif p.kind == "tie":
+            rng = f"= {p.times:g} × {p.tie}" + (f" + {p.plus:g}" if p.plus else "")
+        else:
+            rng = f"[{p.low:g}, {p.high:g}]"
+        rows.append({"parameter": path, "kind": p.kind, "values / range": rng})
+    seeds = _get(sweep.config, "search.seeds", [])
+    if isinstance(seeds, list) and len(seeds) > 1 and SEED_PATH not in sweep.space:
+        rows.append({"parameter": SEED_PATH, "kind": "seeds", "values / range": ", ".join(map(str, seeds))})
+    if not rows:  # no sweep.yaml: describe what results.csv shows
+        for col in sweep.param_columns:
+            vals = sweep.results[col].dropna().unique()
+            rows.append({"parameter": col.removeprefix("config/"), "kind": "observed",
+                         "values / range": ", ".join(map(str, sorted(vals, key=str)[:8]))})
+    return pd.DataFrame(rows)
+
+
+def design(doc: Doc, a: Analysed) -> None:
+    s, c = a.sweep, a.sweep.config
+    searched = set(s.space) | {col.removeprefix("config/") for col in s.param_columns}
+
+    def val(path: str) -> str:
+        return "searched" if path in searched else render.fmt(_get(c, path))
+
+    sel_n = f"token budget {val('selection.token_budget')}" if _get(c, "selection.token_budget", None) else \
+        f"n = {val('selection.n')}"
+    counts = s.results["status"].value_counts()
+    reports = int(_get(c, "train.epochs", 0) or 0) * int(_get(c, "train.evals_per_epoch", 0) or 0)
+    doc.add(
+        f"- **Model:** {val('model.name')} (quantization: {val('model.quantization')})",
+        f"- **Data:** {val('data.train')} (format {val('data.format')}); held-out eval: "
+        + (f"{val('data.eval')}" if _get(c, "data.eval", None) else f"{val('data.eval_size')} rows of the pool")
+        + f", split seed {val('data.split_seed')}",
+        f"- **Selection:** {val('selection.strategy')}, {sel_n}, offset {val('selection.offset')}; "
+        f"curriculum: {val('curriculum.order')}",
+        f"- **Training:** {val('train.epochs')} epoch(s), lr {val('train.lr')}, batch {val('train.batch_size')} × "
+        f"grad-accum {val('train.grad_accum')}, max_seq_len {val('train.max_seq_len')}, scheduler "
+        f"{val('train.scheduler')}, warmup {val('train.warmup_ratio')}, {val('train.evals_per_epoch')} evals/epoch",
+        f"- **LoRA:** r {val('lora.r')}, alpha {val('lora.alpha')}, dropout {val('lora.dropout')}, "
+        f"targets {val('lora.target_modules')}",
+        f"- **Objective:** {s.metric} ({s.mode}); other metrics: {', '.join(m for m in s.metrics if m != s.metric) or '–'}",
+        f"- **Search:** {render.fmt(_get(c, 'search.algorithm'))}, num_samples {render.fmt(_get(c, 'search.num_samples'))}, "
+        f"seeds {render.fmt(_get(c, 'search.seeds'))}, max_concurrent {render.fmt(_get(c, 'search.max_concurrent'))}",
+        f"- **Scheduler:** {render.fmt(_get(c, 'scheduler.type'))} (grace period {render.fmt(_get(c, 'scheduler.grace_period'))} "
+        f"reports, reduction factor {render.fmt(_get(c, 'scheduler.reduction_factor'))})",
+        f"- **Budget:** {len(s.results)} trials × up to {reports or a.savings.max_reports} reports; "
+        f"{render.fmt(_get(c, 'resources.cpus_per_trial'))} CPU / {render.fmt(_get(c, 'resources.gpus_per_trial'))} "
+        f"GPU per trial; {a.savings.actual_seconds:,.0f} s of trial time used",
+        f"- **Trials:** " + ", ".join(f"{n} {st.lower().replace('_', '-')}" for st, n in counts.items()),
+        "",
+    )
+    doc.table(a, space_table(s), "search_space", f"{s.name}: search space")
+    const = dict(s.constants)
+    tied = {p: f"tied: = {q.times:g} × {q.tie}" for p, q in s.space.items() if q.kind == "tie"}
+    if const or tied:
+        rows = [{"parameter": k, "value": render.fmt(v)} for k, v in const.items() if k not in tied]
+        rows += [{"parameter": k, "value": v} for k, v in tied.items()]
+        doc.table(a, pd.DataFrame(rows), "held_constant", f"{s.name}: factors held constant or tied (listed once)")
+
+
+def trials_table(s: Sweep) -> pd.DataFrame:
+    cols = ["trial_id", "status"] + s.param_columns + [m for m in s.metrics] + [c for c in ("train_seconds",
+                                                                                             "tokens_seen") if c in s.costs]
+    df = s.results[[c for c in cols if c in s.results]].copy()
+    if "error" in s.results and (s.results["status"] == "ERROR").any():
+        df["error"] = s.results["error"].fillna("").astype(str).str.slice(0, 80)
+    df.columns = [c.removeprefix("config/") for c in df.columns]
+    # Best first; failed and unfinished trials stay in the table, at the end.
+    if s.metric in df:
+        rank = df["status"].map({"TERMINATED": 0, "EARLY_STOPPED": 1, "RUNNING": 2}).fillna(3)
+        df = df.assign(_r=rank).sort_values(["_r", s.metric], ascending=[True, s.mode == "min"]).drop(columns="_r")
+    return df
+
+
+def results(doc: Doc, a: Analysed) -> None:
+    s = a.sweep
+    doc.add(f"### All trials ({s.name})", "")
+    doc.table(a, trials_table(s), "trials", f"{s.name}: every trial, finished first, best first")
+    for f in a.figures:
+        if f.stem.endswith("learning_curves"):
+            doc.figure(f, "learning curves")
+    if a.ablation.tables:
+        doc.add(f"### Ablation ({s.name})", "",
+                f"Finished trials only; early-stopped and failed trials are counted per level. Δ is the level "
+                f"mean minus the baseline mean; 'test' names the test used (welch: Welch's t-test; noise: compared "
+                f"with the sweep's seed noise; none: not testable); '{'≈ within noise'}' marks p ≥ 0.05.", "")
+        for factor, t in a.ablation.tables.items():
+            doc.table(a, t, f"ablation_{render.slug(factor)}", f"{s.name}: {factor} (baseline "
+                      f"{a.ablation.baselines[factor]})")
+        doc.table(a, a.ablation.long, "ablation_all", f"{s.name}: ablation, every factor, level and metric",
+                  inline=False)
+    else:
+        doc.add("No factor was varied, so there is no ablation table.", "")
+    doc.add(f"### Sensitivity ({s.name})", "")
+    if not a.sensitivity.importances.empty:
+        doc.table(a, a.sensitivity.importances, "importance", f"{s.name}: hyperparameter importance "
+                  f"(normalised; {a.sensitivity.n_trials} trials)")
+    for note in a.sensitivity.notes:
+        doc.add(f"> {note}", "")
+    for f in a.figures:
+        if f.stem.endswith(("importance", "marginal_effects", "interaction")):
+            label = f.stem.removeprefix(a.prefix).replace("_", " ")
+            if label == "interaction" and a.sensitivity.pair:
+                label += f": {a.sensitivity.pair[0]} × {a.sensitivity.pair[1]}"
+            doc.figure(f, label)
+    doc.add(f"### Cost and early stopping ({s.name})", "")
+    for f in a.figures:
+        if f.stem.endswith("pareto"):
+            doc.figure(f, "objective vs cost")
+    if not a.pareto.empty:
+        doc.table(a, a.pareto, "pareto_front", f"{s.name}: Pareto-optimal trials ({s.metric} vs each cost)")
+    sav = a.savings
+    rows = [{"quantity": "trial seconds", "used": sav.actual_seconds, "if all ran to the end": sav.full_seconds,
+             "saved": sav.saved_seconds},
+            {"quantity": "training tokens", "used": sav.actual_tokens, "if all ran to the end": sav.full_tokens,
+             "saved": sav.full_tokens - sav.actual_tokens}]
+    doc.table(a, pd.DataFrame(rows), "early_stopping", f"{s.name}: compute saved by early stopping "
+              f"({sav.n_stopped} trials stopped; full run = {sav.max_reports} reports)")
+
+
+def comparison(doc: Doc, items: list[Analysed]) -> list[str]:
+    """A table across sweeps on the metrics they share, and sentences from it."""
+    shared = [m for m in items[0].sweep.metrics + ["train_seconds", "trainable_params"]
+              if all(m in a.sweep.results and a.sweep.results[m].notna().any() for a in items)]
+    rows = []
+    for a in items:
+        s, r = a.sweep, a.sweep.results
+        row: dict[str, Any] = {"sweep": s.name, "trials": len(r), "finished": int((r["status"] == "TERMINATED").sum()),
+                               "stopped": int((r["status"] == "EARLY_STOPPED").sum()),
+                               "failed": int((r["status"] == "ERROR").sum()),
+                               "objective": f"{s.metric} ({s.mode})",
+                               "best": a.findings.best["value"] if a.findings.best else math.nan}
+        for m in shared:
+            v = s.finished[m].astype(float).dropna()
+            row[f"{m} mean ± sd"] = (f"{v.mean():.4g} ± {v.std():.2g}" if len(v) > 1 else render.fmt(v.mean())
+                                     if len(v) else "–")
+        rows.append(row)
+    doc.table(None, pd.DataFrame(rows), "comparison", "Sweeps side by side (finished trials, shared metrics)")
+    out = []
+    key = items[0].sweep.metric
+    if key in shared:
+        mode = items[0].sweep.mode
+        ref = items[0]
+        for a in items[1:]:
+            c = compare(ref.sweep.finished[key].astype(float).dropna().tolist(),
+                        a.sweep.finished[key].astype(float).dropna().tolist())
+            if math.isfinite(c.diff):
+                sig = ("within noise" if c.within_noise else "beyond noise") if c.within_noise is not None else \
+                    "not testable"
+                p = f", p = {c.p:.3f}" if math.isfinite(c.p) else ""
+                out.append(f"Mean {key} of finished trials in {a.sweep.name} differs from {ref.sweep.name} by "
+                           f"{c.diff:+.3g} ({sig}{p}).")
+        bests = [(a.findings.best["value"], a.sweep.name) for a in items if a.findings.best and
+                 a.sweep.metric == key]
+        if bests:
+            v, name = (min if mode == "min" else max)(bests)
+            out.append(f"The best {key} across sweeps is {v:.4g}, in {name}.")
+    else:
+        out.append("The sweeps share no objective metric; compare them on the shared columns above.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducibility
+
+
+def _git(cwd: Path, *args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def reproducibility(doc: Doc, items: list[Analysed], argv: str) -> None:
+    for a in items:
+        s, c = a.sweep, a.sweep.config
+        nodes = sorted({str(n) for n in s.results.get("node_id", pd.Series(dtype=str)).dropna() if str(n)})
+        doc.add(f"**{s.name}**", "",
+                f"- Sweep command: `{c.get('command') or 'not recorded in sweep.yaml'}`",
+                f"- Seeds: search.seeds {render.fmt(_get(c, 'search.seeds'))}; seeds run "
+                f"{', '.join(map(str, s.seeds)) or '–'}; data split seed {render.fmt(_get(c, 'data.split_seed'))}",
+                f"- Git commit of the sweep: {c.get('git_commit') or 'not recorded in sweep.yaml'}",
+                f"- Hardware of the sweep: {c.get('hardware') or 'not recorded in sweep.yaml'}; nodes: "
+                f"{', '.join(nodes) or '–'}; resources per trial "
+                f"{render.fmt(_get(c, 'resources.cpus_per_trial'))} CPU, {render.fmt(_get(c, 'resources.gpus_per_trial'))} GPU",
+                f"- Sweep directory: `{s.path}`", "")
+    repo = Path(__file__).resolve().parent.parent
+    commit = _git(repo, "rev-parse", "HEAD") or "unknown (not a git checkout)"
+    dirty = " (uncommitted changes present)" if _git(repo, "status", "--porcelain", "--untracked-files=no") else ""
+    versions = []
+    for p in PACKAGES:
+        try:
+            versions.append(f"{p} {metadata.version(p)}")
+        except metadata.PackageNotFoundError:
+            pass
+    doc.add("**Report**", "",
+            f"- Report command: `{argv}`",
+            f"- Code at report time: git {commit}{dirty}",
+            f"- Python {platform.python_version()}; " + ", ".join(versions),
+            f"- Report machine: {platform.platform()}, {platform.machine()}, {_cpus()} CPUs", "")
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def write_report(run_dirs: list[Path], out_dir: Path | None = None, baseline: dict | None = None, *,
+                 wandb: bool | None = None) -> Path:
+    """Write <out_dir>/report.md (+ tables/, figures/) for one or more sweep dirs; return its path.
+
+    out_dir defaults to <first run dir>/report. baseline maps a dotted factor to its baseline
+    level ({"lora.r": 8}); by default the configured value in sweep.yaml, else the first level.
+    wandb: None follows each sweep's wandb.enabled; False never logs.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window (the driver may run headless)
+    t0 = time.perf_counter()
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise ValueError("give at least one sweep directory")
+    out_dir = Path(out_dir) if out_dir else run_dirs[0] / "report"
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+    sweeps = [load_sweep(d) for d in run_dirs]
+    multi = len(sweeps) > 1
+    names = [s.name for s in sweeps]
+    items = [analyse(s, fig_dir, f"{render.slug(s.name)}_" if multi and names.count(s.name) == 1 else
+                     (f"{render.slug(s.name)}{i}_" if multi else ""), baseline) for i, s in enumerate(sweeps)]
+
+    doc = Doc(out_dir)
+    doc.add(f"# Sweep report: {', '.join(names)}", "")
+    doc.add("## Research question", "")
+    for s in sweeps:
+        q = s.config.get("description") or "(no description in sweep.yaml)"
+        doc.add(f"- **{s.name}:** {q} Objective: {s.metric} ({'lower' if s.mode == 'min' else 'higher'} is better).")
+    doc.add("", "## Experiment design", "")
+    for a in items:
+        if multi:
+            doc.add(f"### {a.sweep.name}", "")
+        design(doc, a)
+    doc.add("## Results", "")
+    for a in items:
+        results(doc, a)
+    comp_sentences = []
+    if multi:
+        doc.add("### Comparison across sweeps", "")
+        comp_sentences = comparison(doc, items)
+    doc.add("## Analysis", "")
+    for a in items:
+        if multi:
+            doc.add(f"### {a.sweep.name}", "")
+        doc.add(*[f"- {t}" for t in analysis_sentences(a.sweep, a.ablation, a.sensitivity, a.savings, a.findings)], "")
+    if comp_sentences:
+        doc.add("### Across sweeps", "", *[f"- {t}" for t in comp_sentences], "")
+    doc.add("## Conclusion", "")
+    for a in items:
+        prefix = f"**{a.sweep.name}:** " if multi else ""
+        doc.add(prefix + " ".join(conclusion_sentences(a.sweep, a.findings, a.savings)), "")
+    doc.add("## Reproducibility", "")
+    argv = "python -m analysis.report " + " ".join(str(d) for d in run_dirs) + f" --out {out_dir}"
+    if baseline:
+        argv += " " + " ".join(f"--baseline {k}={v}" for k, v in baseline.items())
+    reproducibility(doc, items, argv)
+    report = out_dir / "report.md"
+    doc.add(f"*Written in {time.perf_counter() - t0:.1f} s.*", "")
+    report.write_text("\n".join(doc.lines), encoding="utf-8")
+    if wandb is not False:
+        lines = [wandb_status(a, report) for a in items]
+        lines = [ln for ln in lines if ln]
+        if lines:
+            report.write_text("\n".join(doc.lines[:-2] + [f"- {ln}" for ln in lines] + [""] + doc.lines[-2:]),
+                              encoding="utf-8")
+    return report
+
+
+def wandb_status(a: Analysed, report: Path) -> str:
+    if not (a.sweep.config.get("wandb") or {}).get("enabled"):
+        return ""
+    from analysis.wandb_log import log_report
+
+    return log_report(a.sweep.config, a.sweep.path, a.sweep.name, a.tables, a.figures, report)
+
+
+def parse_baseline(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--baseline {item!r}: expected key=value, e.g. --baseline lora.r=8")
+        k, v = item.split("=", 1)
+        out[k.strip().removeprefix("config/")] = yaml.safe_load(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dirs", nargs="+", type=Path, help="sweep directories (runs/<name>)")
+    ap.add_argument("--out", type=Path, default=None, help="output directory (default: <first run dir>/report)")
+    ap.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                    help="baseline level of a factor, e.g. lora.r=8 (repeatable)")
+    ap.add_argument("--no-wandb", action="store_true", help="do not log to W&B even if the sweep enabled it")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        path = write_report(args.run_dirs, args.out, parse_baseline(args.baseline),
+                            wandb=False if args.no_wandb else None)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

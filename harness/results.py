@@ -1,0 +1,142 @@
+"""Sweep outputs: results.csv (the contract in DESIGN.md), per-trial history and config, best.yaml.
+
+`ResultsWriter` is a Ray Tune callback in the driver: it sees every report of every trial,
+appends it to trials/<id>/metrics.jsonl and rewrites results.csv atomically, so a kill at
+any moment leaves the last complete table on disk. It rebuilds the table from Ray's trial
+list each time, so after a resume it continues where the restored experiment stands.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from trainables.paths import atomic_write_text
+
+LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed"]
+TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
+COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
+# Reported every time but not worth a results column (they are in metrics.jsonl).
+HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s"}
+# Per-report values worth keeping in metrics.jsonl.
+HISTORY_KEYS = ["training_iteration", "step", "epoch", "tokens_seen", "eval_loss", "train_loss",
+                "tokens_per_second", "lr", "time_total_s", "train_seconds"]
+
+
+def _short_error(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if not path or not Path(path).exists():
+        return ""
+    lines = [ln for ln in Path(path).read_text(errors="replace").strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
+              ties: dict[str, Any] | None = None) -> dict[str, Any]:
+    last = dict(trial.last_result or {})
+    params = {**trial.config, **(ties or {})}
+    status = trial.status
+    iterations = last.get("training_iteration", 0) or 0
+    stopped_early = status == "TERMINATED" and iterations < reports_per_trial
+    if stopped_early:
+        status = "EARLY_STOPPED"
+    row: dict[str, Any] = {
+        "trial_id": trial.trial_id, "status": status, "stopped_early": str(stopped_early).lower(),
+        "error": _short_error(trial) if status == "ERROR" else "", "node_id": last.get("node_id", ""),
+        "seed": last.get("seed", trial.config.get("train.seed", "")),
+    }
+    for path in searched:
+        row[f"config/{path}"] = params.get(path, "")
+    for key in TRAIN_METRICS + extra_metrics + COST:
+        row[key] = last.get(key, "")
+    for key, value in last.items():  # subset statistics, hygiene counts, load times...
+        if key not in row and key not in HISTORY_ONLY and isinstance(value, (int, float)) and not key.startswith(
+            ("config/", "time_", "timestamp", "pid", "iterations_since", "done")
+        ):
+            row[key] = value
+    return row
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+class ResultsWriter(tune.Callback):
+    def __init__(self, run_dir: Path, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
+                 base: dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        self.searched = searched
+        self.extra_metrics = extra_metrics
+        self.reports_per_trial = reports_per_trial
+        self.base = base
+
+    def _trial_dir(self, trial: Any) -> Path:
+        d = self.run_dir / "trials" / trial.trial_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def rows(self, trials: list[Any]) -> list[dict[str, Any]]:
+        from harness.config import SweepConfig
+        from harness.space import tied_values
+
+        space = SweepConfig.model_validate(self.base).search.space
+        return [trial_row(t, self.searched, self.extra_metrics, self.reports_per_trial, tied_values(t.config, space))
+                for t in trials]
+
+    def write(self, trials: list[Any]) -> None:
+        write_csv(self.run_dir / "results.csv", self.rows(trials))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from harness.config import SweepConfig
+        from harness.space import resolve
+
+        space = SweepConfig.model_validate(self.base).search.space
+        full = resolve(self.base, trial.config, space)
+        atomic_write_text(self._trial_dir(trial) / "config.json", json.dumps(full, indent=2, default=str))
+        self.write(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        entry = {k: result[k] for k in HISTORY_KEYS if k in result}
+        with open(self._trial_dir(trial) / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.write(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.write(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Ray keeps the traceback in its session dir; keep a copy with the trial's other files.
+        if trial.error_file and Path(trial.error_file).exists():
+            atomic_write_text(self._trial_dir(trial) / "error.txt", Path(trial.error_file).read_text(errors="replace"))
+        self.write(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.write(trials)
+
+
+def write_best(run_dir: Path, rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    """best.yaml: the best finished trial's full resolved config and its metrics."""
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and r["status"] != "ERROR"]
+    if not scored:
+        return None
+    best = (min if mode == "min" else max)(scored, key=lambda r: r[metric])
+    config_file = Path(run_dir) / "trials" / best["trial_id"] / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    doc = {"trial_id": best["trial_id"], "metric": metric, "value": best[metric], "config": config}
+    atomic_write_text(Path(run_dir) / "best.yaml", yaml.safe_dump(doc, sort_keys=False))
+    return best

@@ -1,0 +1,314 @@
+"""python -m harness.sweep FILE [--dry-run] [--resume] [--address A] [key=value ...]
+
+Validate everything, check that model and data exist, then hand the sweep to Ray Tune:
+Tuner(trainable, param_space, TuneConfig(search_alg, scheduler), RunConfig(storage, callbacks)).
+Bad input ends with one line per problem and exit code 2, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import ConfigError, SweepConfig, load_sweep
+from harness.space import grid_points, param_space
+
+EXIT_CONFIG = 2
+
+
+def fail(problems: list[str]) -> None:
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("sweep_file", help="YAML sweep file, e.g. sweeps/lora_rank.yaml")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3 lora.r=16")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output dir")
+    ap.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: local")
+    ap.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- before Ray
+
+
+def preflight(cfg: SweepConfig) -> Any:
+    """Model and data must exist before anything starts. Returns the tokenizer (for the plan)."""
+    from transformers import AutoTokenizer
+
+    from trainables.data.formats import DataNotFound, resolve_data_path
+    from trainables.models import ModelNotFound, resolve_model
+
+    problems = []
+    try:
+        resolve_data_path(cfg.data.train, "data.train")
+        if cfg.data.eval:
+            resolve_data_path(cfg.data.eval, "data.eval")
+    except DataNotFound as e:
+        problems.append(str(e))
+    try:
+        model_path = resolve_model(cfg.model.name)  # converts and caches the embedded model once
+    except ModelNotFound as e:
+        problems.append(str(e))
+    if problems:
+        fail(problems)
+    try:
+        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    except OSError as e:
+        fail([f"model.name: cannot load {cfg.model.name!r} ({str(e).splitlines()[0]}); "
+              "check the id, the network, or use a local directory"])
+
+
+def plan(cfg: SweepConfig, tokenizer: Any) -> dict[str, Any]:
+    """What the sweep will do: trials, grid, resources, tokens per trial (base config)."""
+    from trainables.data.pipeline import prepare
+    from trainables.data.tokenize import encode
+
+    def n_tokens(e: Any) -> int:
+        return len(encode(tokenizer, e.messages, cfg.train.max_seq_len)[0])
+
+    try:
+        prep = prepare(cfg.data, cfg.selection, cfg.train.seed, n_tokens)
+    except ValueError as e:
+        fail([str(e)])
+    s = cfg.search
+    points = grid_points(s) if s.algorithm == "grid" or all(p.kind in ("grid", "tie") for p in s.space.values()) else []
+    n_trials = len(points) if points else s.num_samples * max(1, len(s.seeds) if s.algorithm == "random" else 1)
+    per_epoch = prep.stats["train_tokens"]
+    steps = -(-int(prep.stats["n_examples"]) // (cfg.train.batch_size * cfg.train.grad_accum))
+    return {
+        "trials": n_trials, "grid": points, "examples": prep.stats["n_examples"],
+        "tokens_per_epoch": per_epoch, "tokens_per_trial": per_epoch * cfg.train.epochs,
+        "steps_per_epoch": steps, "reports_per_trial": cfg.reports_per_trial,
+        "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+        "concurrent": s.max_concurrent,
+    }
+
+
+def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
+    print(f"sweep {cfg.name}: {p['trials']} trials, {cfg.search.algorithm} search, {cfg.scheduler.type} scheduler, "
+          f"metric {cfg.search.metric} ({cfg.search.mode})")
+    print(f"  model {cfg.model.name} (quantization {cfg.model.quantization}); data {cfg.data.train}")
+    print(f"  per trial: {p['examples']} examples, {p['tokens_per_epoch']} tokens/epoch x {cfg.train.epochs} epochs "
+          f"= {p['tokens_per_trial']} tokens, {p['steps_per_epoch']} steps/epoch, {p['reports_per_trial']} reports")
+    print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once; output {cfg.run_dir}")
+    for i, point in enumerate(p["grid"]):
+        print(f"  trial {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
+
+
+def check_run_dir(cfg: SweepConfig, resume: bool) -> None:
+    """Refuse to mix two different sweeps in one directory; offer --resume for an unfinished one."""
+    saved = cfg.run_dir / "sweep.yaml"
+    if not saved.exists():
+        if resume:
+            fail([f"--resume: {cfg.run_dir} holds no sweep to resume; run without --resume"])
+        return
+    old = yaml.safe_load(saved.read_text()) or {}
+    old.pop("command", None)
+    if old != cfg.model_dump(mode="json"):
+        fail([f"output.dir: {cfg.run_dir} holds a different sweep; pick another name= or output.dir=, "
+              "or delete that directory"])
+    if not resume:
+        fail([f"output.dir: {cfg.run_dir} already holds this sweep; add --resume to continue it, "
+              "or pick another name= to start afresh"])
+
+
+# ----------------------------------------------------------------------------- Ray Tune
+
+
+def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    from harness.results import ResultsWriter
+    from trainables.qlora import train_trial
+
+    run_dir = cfg.run_dir
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=base, run_dir=str(run_dir)),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+    )
+    if resume:
+        return tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_unfinished=True, resume_errored=True)
+
+    s, sc = cfg.search, cfg.scheduler
+    search_alg = None
+    if s.algorithm == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(
+            sampler=optuna.samplers.TPESampler(seed=s.seeds[0]),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}"),
+            study_name=cfg.name,
+        )
+    if sc.type == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.reports_per_trial,
+                                  grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
+    elif sc.type == "median":
+        scheduler = MedianStoppingRule(time_attr="training_iteration", grace_period=sc.grace_period,
+                                       min_samples_required=2)
+    else:
+        scheduler = FIFOScheduler()
+
+    searched = list(s.space) + (["train.seed"] if len(s.seeds) > 1 else [])
+    reporter = tune.CLIReporter(
+        parameter_columns=searched,
+        metric_columns={"training_iteration": "report", s.metric: s.metric, "best_eval_loss": "best",
+                        "tokens_per_second": "tok/s"},
+        max_report_frequency=15, sort_by_metric=True, metric=s.metric, mode=s.mode,
+    )
+    callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base)]
+    if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
+        callbacks.append(_WandbCallback(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.name,
+                                             dir=str(run_dir), mode=cfg.wandb.mode, log_config=True))
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(s),
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent,
+            reuse_actors=False,  # a fresh worker process per trial: memory cannot creep across trials
+        ),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=str(run_dir), callbacks=callbacks, verbose=1, progress_reporter=reporter,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _quiet_env(cfg: SweepConfig) -> None:
+    """Environment set before Ray starts, so that every worker inherits it."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table honours our choice of columns
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our ResultsWriter replaces them
+    if cfg.wandb.enabled:
+        os.environ["WANDB_MODE"] = cfg.wandb.mode  # Ray asks for an API key unless offline
+        os.environ.setdefault("WANDB_SILENT", "true")
+
+
+try:
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class _WandbCallback(WandbLoggerCallback):
+        """Ray's W&B callback, minus the traceback its __del__ prints at interpreter exit."""
+
+        def __del__(self) -> None:
+            try:
+                super().__del__()
+            except Exception:  # noqa: BLE001 - ray is half torn down by then
+                pass
+except ImportError:  # wandb is optional at import time; the config enables it
+    _WandbCallback = None  # type: ignore[assignment,misc]
+
+
+def summarize(cfg: SweepConfig, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric = cfg.search.metric
+    cols = ["trial_id", "status"] + [f"config/{p}" for p in cfg.search.space] + [
+        metric, "best_eval_loss", "train_seconds", "tokens_seen", "tokens_per_second"]
+    table = Table(title=f"{cfg.name}: {len(rows)} trials ({metric}, {cfg.search.mode})")
+    for c in dict.fromkeys(cols):
+        table.add_column(c.removeprefix("config/"))
+    for r in rows:
+        table.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                        for c in dict.fromkeys(cols)])
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    try:
+        cfg, _ = load_sweep(args.sweep_file, overrides)
+    except ConfigError as e:
+        fail(e.problems)
+    tokenizer = preflight(cfg)
+    the_plan = plan(cfg, tokenizer)
+    print_plan(cfg, the_plan)
+    if args.dry_run:
+        return 0
+    check_run_dir(cfg, args.resume)
+
+    base = cfg.model_dump(mode="json")
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        from trainables.paths import atomic_write_text
+
+        command = "python -m harness.sweep " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        atomic_write_text(run_dir / "sweep.yaml", yaml.safe_dump({**base, "command": command}, sort_keys=False))
+
+    _quiet_env(cfg)
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    t0 = time.perf_counter()
+    tuner = build_tuner(cfg, base, args.resume)
+    tuner.fit()
+    wall = time.perf_counter() - t0
+    del tuner  # drop the W&B callback while the interpreter is whole (its __del__ needs ray)
+    from harness.results import write_best
+
+    rows = _read_rows(run_dir / "results.csv")
+    write_best(run_dir, rows, cfg.search.metric, cfg.search.mode)
+    summarize(cfg, rows)
+    stopped = sum(r["status"] == "EARLY_STOPPED" for r in rows)
+    print(f"{len(rows)} trials in {wall:.0f} s ({stopped} stopped early); results: {run_dir / 'results.csv'}")
+    if not args.no_report:
+        _report(run_dir)
+    if rows and all(r["status"] == "ERROR" for r in rows):
+        print(f"error: every trial failed; see the error column of {run_dir / 'results.csv'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not path.exists():
+        return []
+
+    def num(v: str) -> Any:
+        try:
+            return float(v) if any(c in v for c in ".eE") or v in ("nan", "inf") else int(v)
+        except ValueError:
+            return v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _report(run_dir: Path) -> None:
+    """The analysis report; a failure there must not cost the sweep's results."""
+    try:
+        from analysis.report import write_report
+    except ImportError:
+        return
+    try:
+        t = time.perf_counter()
+        path = write_report([run_dir])
+        print(f"report: {path} ({time.perf_counter() - t:.1f} s)")
+    except Exception as e:  # noqa: BLE001 - the results are already on disk
+        print(f"warning: report failed ({type(e).__name__}: {e}); rerun: python -m analysis.report {run_dir}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

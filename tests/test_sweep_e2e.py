@@ -1,0 +1,103 @@
+"""A real sweep end to end: Ray Tune + Optuna (sqlite storage) + ASHA + offline W&B, with the
+embedded SmolLM2-135M and real Alpaca rows (tiny sizes, about a minute each on 2 cores)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_sweep(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """sweeps/smoke.yaml as shipped (optuna TPE, ASHA, 2 concurrent trials, W&B offline)."""
+    out = tmp_path_factory.mktemp("runs")
+    proc = run_sweep("sweeps/smoke.yaml", f"output.dir={out}", "--no-report")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out / "smoke"
+
+
+def test_smoke_sweep_writes_results_history_adapters_and_wandb(smoke_run):
+    rows = read_csv(smoke_run / "results.csv")
+    assert len(rows) == 3
+    header = list(rows[0])
+    assert header[:6] == ["trial_id", "status", "stopped_early", "error", "node_id", "seed"]
+    assert {"config/lora.r", "config/lora.alpha", "eval_loss", "best_eval_loss", "train_seconds",
+            "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"} <= set(header)
+    for r in rows:
+        assert r["status"] in {"TERMINATED", "EARLY_STOPPED"}, r
+        assert int(r["config/lora.alpha"]) == 2 * int(r["config/lora.r"])
+        assert float(r["eval_loss"]) > 0 and float(r["best_eval_loss"]) <= float(r["eval_loss"])
+        assert int(r["n_examples"]) == 16 and int(r["tokens_seen"]) > 0 and r["node_id"]
+        trial = smoke_run / "trials" / r["trial_id"]
+        history = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+        assert [h["training_iteration"] for h in history] == list(range(1, len(history) + 1))
+        assert len(json.loads((trial / "selected_ids.json").read_text())) == 16
+        assert json.loads((trial / "config.json").read_text())["lora"]["r"] == int(r["config/lora.r"])
+        if r["status"] == "TERMINATED":
+            assert len(history) == 4 and (trial / "adapter" / "adapter_config.json").exists()
+    # Bigger rank -> more trainable parameters (the LoRA really changed).
+    by_rank = {int(r["config/lora.r"]): int(r["trainable_params"]) for r in rows}
+    ranks = sorted(by_rank)
+    assert all(by_rank[a] < by_rank[b] for a, b in zip(ranks, ranks[1:], strict=False))
+
+    best = yaml.safe_load((smoke_run / "best.yaml").read_text())
+    assert best["value"] == min(float(r["eval_loss"]) for r in rows)
+
+
+def test_smoke_sweep_used_optuna_storage_and_offline_wandb(smoke_run):
+    import optuna
+
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke_run / 'optuna.db'}")
+    assert len(study.trials) == 3
+    runs = sorted((smoke_run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3, "one offline W&B run per trial"
+    assert all(any(r.glob("*.wandb")) for r in runs)
+
+
+def test_asha_stops_a_clearly_worse_trial(tmp_path):
+    # Sequential grid: a working learning rate first, then a useless one that ASHA must cut at rung 1.
+    proc = run_sweep(
+        "sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=asha", "--no-report", "wandb.enabled=false",
+        "search.algorithm=grid", "search.max_concurrent=1", "search.space={train.lr: {grid: [0.003, 1.0e-7]}}",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {float(r["config/train.lr"]): r for r in read_csv(tmp_path / "asha" / "results.csv")}
+    assert rows[0.003]["status"] == "TERMINATED" and rows[0.003]["stopped_early"] == "false"
+    assert rows[1e-7]["status"] == "EARLY_STOPPED" and rows[1e-7]["stopped_early"] == "true"
+    assert float(rows[1e-7]["tokens_seen"]) < float(rows[0.003]["tokens_seen"])
+    assert "stopped early" in proc.stdout
+
+
+def test_bad_sweep_exits_2_before_ray_starts(tmp_path):
+    proc = run_sweep("sweeps/smoke.yaml", "lora.r=0", "trian.epochs=2", f"output.dir={tmp_path}")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["error: lora.r: Input should be greater than or equal to 1 (got 0)",
+                     "error: trian: unknown key; did you mean 'train'?"]
+    assert not (tmp_path / "smoke").exists()
+
+
+def test_missing_data_exits_2(tmp_path):
+    proc = run_sweep("sweeps/smoke.yaml", "data.train=alpaca/none.json", f"output.dir={tmp_path}")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: data.train: 'alpaca/none.json' not found")

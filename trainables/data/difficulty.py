@@ -1,0 +1,141 @@
+"""Per-example difficulty under the base model: response loss (and perplexity) and IFD.
+
+  loss        mean cross-entropy of the final response given its full context (what training sees)
+  loss_alone  the same response tokens after an empty user turn (the instruction removed)
+  ifd         loss / loss_alone (Cherry LLM's Instruction-Following Difficulty): near 1 the instruction
+              barely helps predict the response; low, it explains most of it
+  ppl         exp(loss)
+
+Both passes score exactly the same response tokens: the response is cut where max_len cuts the
+conditioned sequence. A prompt that fills max_len leaves nothing to score: NaN.
+
+Scores are cached on disk (trainables.paths.cache_dir("difficulty")), one JSON line per example,
+keyed by the example's content hash, in a file per model name + max_len. Lines are appended batch
+by batch, so an interrupted run resumes where it stopped and every later pool or trial that holds
+the same examples reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from trainables.data.formats import Example
+from trainables.data.tokenize import last_turn
+from trainables.paths import cache_dir
+
+SCORES = ("loss", "loss_alone", "ifd", "ppl")
+
+
+def example_key(e: Example) -> str:
+    return hashlib.sha1(json.dumps(e.messages, ensure_ascii=False).encode()).hexdigest()
+
+
+def model_name_of(model: Any) -> str:
+    return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "model")
+
+
+def cache_file(model_name: str, max_len: int) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model_name).name)[:60]
+    digest = hashlib.sha1(model_name.encode()).hexdigest()[:10]
+    return cache_dir("difficulty") / f"{slug}-{digest}-len{max_len}.jsonl"
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: recomputed
+                continue
+            out[row.pop("key")] = row
+    return out
+
+
+def _sequences(tokenizer: Any, e: Example, max_len: int) -> tuple[list[int], int, list[int], int] | None:
+    """(conditioned ids, response start, unconditioned ids, response start) over the same response
+    tokens; None when the prompt leaves no response token within max_len."""
+    context, response = last_turn(tokenizer, e.messages)
+    kept = response[: max(0, max_len - len(context))]
+    if not kept:
+        return None
+    system = [m for m in e.messages if m["role"] == "system"]
+    alone_ctx, _ = last_turn(tokenizer, [*system, {"role": "user", "content": ""}, e.messages[-1]])
+    return context + kept, len(context), alone_ctx + kept, len(alone_ctx)
+
+
+def _losses(model: Any, pad_id: int, seqs: list[tuple[list[int], int]]) -> list[float]:
+    """Mean token loss of ids[start:] for each (ids, start), in one right-padded batch."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, (x, _) in enumerate(seqs):
+        ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    out = []
+    for r, (x, start) in enumerate(seqs):
+        pred = logits[r, start - 1 : len(x) - 1]
+        target = torch.tensor(x[start:], device=pred.device)
+        out.append(float(torch.nn.functional.cross_entropy(pred, target)))
+    return out
+
+
+def score_examples(
+    examples: list[Example], model: Any, tokenizer: Any, *, max_len: int, batch_size: int = 8,
+    progress: bool = True, model_name: str | None = None,
+) -> list[dict[str, float]]:
+    """SCORES for each example (cached, resumable). Model in eval mode under no_grad; its mode is restored."""
+    import torch
+    from tqdm import tqdm
+
+    path = cache_file(model_name or model_name_of(model), max_len)
+    cached = _read_cache(path)
+    keys = [example_key(e) for e in examples]
+    todo = {k: e for k, e in zip(keys, examples, strict=True) if k not in cached}
+    if todo:
+        # Similar lengths together: less padding per batch.
+        prepared = [(k, _sequences(tokenizer, e, max_len)) for k, e in todo.items()]
+        nan = float("nan")
+        for k, seq in prepared:
+            if seq is None:
+                cached[k] = {"loss": nan, "loss_alone": nan, "ifd": nan, "ppl": nan}
+        items = sorted(((k, seq) for k, seq in prepared if seq is not None), key=lambda t: len(t[1][0]))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        was_training = model.training
+        model.eval()
+        bar = tqdm(total=len(items), desc=f"difficulty ({len(keys) - len(todo)} cached)",
+                   disable=not progress, unit="ex")
+        try:
+            with torch.no_grad(), path.open("a", encoding="utf-8") as f:
+                for b in range(0, len(items), batch_size):
+                    chunk = items[b : b + batch_size]
+                    seqs = [s for _, (c_ids, c_at, a_ids, a_at) in chunk for s in ((c_ids, c_at), (a_ids, a_at))]
+                    losses = _losses(model, pad, seqs)
+                    lines = []
+                    for j, (key, _) in enumerate(chunk):
+                        loss, alone = losses[2 * j], losses[2 * j + 1]
+                        row = {"loss": loss, "loss_alone": alone, "ifd": loss / alone if alone > 0 else float("nan"),
+                               "ppl": math.exp(min(loss, 50)) if loss == loss else float("nan")}
+                        cached[key] = row
+                        lines.append(json.dumps({"key": key, **row}) + "\n")
+                    f.write("".join(lines))  # one write per batch: a kill loses at most this batch
+                    f.flush()
+                    bar.update(len(chunk))
+        finally:
+            bar.close()
+            model.train(was_training)
+    return [cached[k] for k in keys]
+
+
+def attach_scores(examples: list[Example], model: Any, tokenizer: Any, **kwargs: Any) -> None:
+    """Score the examples and store the SCORES in each Example.meta (for rankings and curricula)."""
+    for e, s in zip(examples, score_examples(examples, model, tokenizer, **kwargs), strict=True):
+        e.meta.update(s)

@@ -1,0 +1,262 @@
+"""The QLoRA trial. Reads top to bottom: load, set up, train, evaluate, save.
+
+Ray Tune runs `train_trial` once per trial in its own worker process. It receives the
+searched parameters (flat dotted keys), the full sweep config as a dict (`base`) and the
+sweep directory; everything it writes goes under <run_dir>/trials/<trial_id>/.
+
+Arithmetic (defaults of sweeps/lora_rank.yaml): 100 examples / (batch 4 x accum 1)
+= 25 optimizer steps per epoch; x ~107 tokens per example = ~10.7k real tokens per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.data.tokenize import IGNORE, encode
+from trainables.paths import atomic_write_text
+
+Encoded = tuple[list[int], list[int]]  # (input_ids, labels)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pick_device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def collate(batch: list[Encoded], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch to its own longest sequence (not to max_seq_len)."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (x, y) in enumerate(batch):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+def n_label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    # Labels are shifted by one inside the model: the first position never counts.
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], autocast: Any) -> torch.Tensor:
+    """Summed cross-entropy over response tokens (the model's own loss is a per-batch mean)."""
+    with autocast():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+@torch.no_grad()
+def mean_loss(model: Any, data: list[Encoded], batch_size: int, pad_id: int, device: str, autocast: Any) -> float:
+    """Mean token loss over a data set (the held-out eval_loss)."""
+    model.eval()
+    total, count = 0.0, 0
+    ordered = sorted(data, key=lambda e: len(e[0]))  # similar lengths together: less padding
+    for i in range(0, len(ordered), batch_size):
+        batch = collate(ordered[i : i + batch_size], pad_id, device)
+        total += float(token_loss_sum(model, batch, autocast))
+        count += n_label_tokens(batch)
+    model.train()
+    return total / max(count, 1)
+
+
+def report_steps(total_steps: int, n_reports: int) -> set[int]:
+    """Evenly spaced optimizer steps (1-based) at which to evaluate and report; the last is the end."""
+    n = min(n_reports, total_steps)
+    return {max(1, round(total_steps * k / n)) for k in range(1, n + 1)}
+
+
+def micro_batches(plan: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Cut each epoch's ordered indices into micro-batches, keeping the curriculum's order."""
+    out = []
+    for epoch in plan:
+        out += [epoch[i : i + batch_size] for i in range(0, len(epoch), batch_size)]
+    return out
+
+
+# ----------------------------------------------------------------------------- the trial
+
+
+def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -> None:
+    import transformers
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
+    from ray import tune
+    from transformers import get_scheduler
+
+    from harness.config import SweepConfig
+    from harness.space import resolve
+    from trainables.data.curriculum import CURRICULA
+    from trainables.data.pipeline import prepare
+    from trainables.models import bf16_supported, load_model
+
+    cfg = SweepConfig.model_validate(resolve(base, params, SweepConfig.model_validate(base).search.space))
+    tc = cfg.train
+    transformers.utils.logging.disable_progress_bar()  # the driver's live table is the progress display
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations, not the user's concern
+    ctx = tune.get_context()
+    trial_dir = Path(run_dir) / "trials" / ctx.get_trial_id()
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))
+    seed_everything(tc.seed)
+
+    # 1. Model ---------------------------------------------------------------------------------
+    device = pick_device(tc.device)
+    model, tokenizer, load_times = load_model(
+        cfg.model.name, cfg.model.quantization, cfg.model.trust_remote_code, device
+    )
+    use_bf16 = tc.bf16 == "on" or (tc.bf16 == "auto" and bf16_supported(device))
+    amp_dtype = torch.bfloat16 if use_bf16 else torch.float16
+
+    def autocast():
+        enabled = use_bf16 or device == "cuda"
+        return torch.autocast(device_type=device, dtype=amp_dtype, enabled=enabled)
+
+    # 2. Data: select the subset, tokenize it once, order it -------------------------------------
+    encoded_cache: dict[int, Encoded] = {}
+
+    def encoded(example) -> Encoded:
+        key = id(example)
+        if key not in encoded_cache:
+            encoded_cache[key] = encode(tokenizer, example.messages, tc.max_seq_len)
+        return encoded_cache[key]
+
+    def n_tokens(example) -> int:
+        return len(encoded(example)[0])
+
+    prep = prepare(cfg.data, cfg.selection, tc.seed, n_tokens)
+    # A prompt longer than max_seq_len leaves no response token to learn from.
+    train = [e for e in prep.train if any(y != IGNORE for y in encoded(e)[1][1:])]
+    evals = [encoded(e) for e in prep.eval if any(y != IGNORE for y in encoded(e)[1][1:])]
+    if not train or not evals:
+        raise ValueError(f"train.max_seq_len: {tc.max_seq_len} truncates every response away; raise it")
+    atomic_write_text(trial_dir / "selected_ids.json", json.dumps([e.id for e in train]))
+    lengths = [n_tokens(e) for e in train]
+    plan = CURRICULA.get(cfg.curriculum.order)(train, cfg.curriculum, tc.epochs, tc.seed, lengths)
+    batches = micro_batches(plan, tc.batch_size)
+    total_steps = math.ceil(len(batches) / tc.grad_accum)
+    reports_at = report_steps(total_steps, cfg.reports_per_trial)
+
+    # 3. LoRA (on 4-bit weights for nf4) -------------------------------------------------------
+    if cfg.model.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+    ))
+    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
+    )
+    scheduler = get_scheduler(tc.scheduler, optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+
+    step, tokens_seen, train_seconds, best = 0, 0, 0.0, math.inf
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:  # resume an interrupted trial where its last report left it
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, tokens_seen, train_seconds, best = state["step"], state["tokens_seen"], state["train_seconds"], state["best"]
+        torch.set_rng_state(state["rng"])
+
+    static = {
+        **prep.stats, "trainable_params": trainable_params, "seed": tc.seed, "total_steps": total_steps,
+        "node_id": _node_id(), **load_times,
+    }
+
+    # 4. Train: accumulate, step, and at each report point evaluate + checkpoint ---------------
+    model.train()
+    window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+    while step < total_steps:
+        step_batches = batches[step * tc.grad_accum : (step + 1) * tc.grad_accum]
+        collated = [collate([encoded(train[i]) for i in mb], tokenizer.pad_token_id, device) for mb in step_batches]
+        step_tokens = sum(n_label_tokens(b) for b in collated)
+        for b in collated:
+            loss = token_loss_sum(model, b, autocast) / max(step_tokens, 1)
+            loss.backward()
+            window_loss += float(loss.detach()) * step_tokens
+            tokens_seen += int(b["attention_mask"].sum())
+        window_tokens += step_tokens
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step not in reports_at:
+            continue
+
+        elapsed = time.perf_counter() - t_window
+        train_seconds += elapsed
+        eval_loss = mean_loss(model, evals, tc.batch_size * 2, tokenizer.pad_token_id, device, autocast)
+        if not math.isfinite(eval_loss) or not math.isfinite(window_loss):
+            raise FloatingPointError(f"loss became NaN/inf at step {step}; lower train.lr")
+        best = min(best, eval_loss)
+        metrics = {
+            **static,
+            "step": step, "epoch": step / total_steps * tc.epochs, "tokens_seen": tokens_seen,
+            "train_loss": window_loss / max(window_tokens, 1), "eval_loss": eval_loss, "best_eval_loss": best,
+            "eval_perplexity": math.exp(min(eval_loss, 50)), "lr": scheduler.get_last_lr()[0],
+            "train_seconds": train_seconds, "tokens_per_second": tokens_seen / max(train_seconds, 1e-9),
+        }
+        if step == total_steps:  # 5. end of trial: the expensive evaluations join the last report
+            metrics.update(_final_evaluations(cfg, model, tokenizer, trial_dir, prep.train))
+            if cfg.output.save_adapter:
+                model.save_pretrained(trial_dir / "adapter")
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({
+                "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
+                "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(),
+            }, Path(d) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (direct calls in tests)
+        return os.uname().nodename
+
+
+def _final_evaluations(cfg: Any, model: Any, tokenizer: Any, trial_dir: Path, pool: list) -> dict[str, float]:
+    """Configured end-of-trial evaluations (perplexity on test sets, MCQ, judge...)."""
+    try:
+        from trainables.evaluate import run_all
+    except ImportError:
+        return {}
+    model.eval()
+    with torch.no_grad():
+        return run_all(cfg.eval, model, tokenizer, trial_dir, pool)
