@@ -110,15 +110,16 @@ def pick_baseline(sweep: Sweep, path: str, levels: Levels, requested: Any = None
 
 
 def noise_sd(sweep: Sweep, metric: str) -> float:
-    """Seed-to-seed noise: pooled std of finished runs sharing every non-seed config value."""
+    """Seed-to-seed noise: pooled std of finished runs sharing every non-seed config value, over
+    groups that ran more than one seed. Repeats with the same seed measure nondeterminism only
+    (often exactly 0), so they do not count."""
     fin = sweep.finished
-    keys = [c for c in sweep.param_columns if c != f"config/{SEED_PATH}"]
-    if metric not in fin or not len(fin):
+    seed_col = f"config/{SEED_PATH}" if f"config/{SEED_PATH}" in fin else ("seed" if "seed" in fin else None)
+    if metric not in fin or not len(fin) or seed_col is None:
         return math.nan
-    if not keys:
-        return pooled_sd([fin[metric].tolist()])
-    groups = fin.groupby([fin[k].astype(str) for k in keys])[metric]
-    return pooled_sd([g.tolist() for _, g in groups])
+    keys = [c for c in sweep.param_columns if c != seed_col]
+    groups = fin.groupby([fin[k].astype(str) for k in keys]) if keys else [("all", fin)]
+    return pooled_sd([g[metric].tolist() for _, g in groups if g[seed_col].astype(str).nunique() > 1])
 
 
 @dataclass
@@ -215,4 +216,4 @@ def factor_table(long: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
         for _, m in g[g["metric"] != obj].iterrows():
             r[m["metric"]] = _pm(m["mean"], m["std"])
         rows.append(r)
-    return pd.DataFrame(rows).fillna("")
+    return pd.DataFrame(rows).astype(object).fillna("")

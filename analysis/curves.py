@@ -2,8 +2,10 @@
 
 Savings estimate: a trial stopped after k of its reports would have run to the longest run's
 report count K (the maximum training_iteration any trial of the sweep reached). Its full cost
-is its own per-report rate times K: seconds = time_total_s / k * K, tokens = tokens_seen / k * K.
-Finished and failed trials cost what they cost. Saved = sum(full) - sum(actual).
+is its own per-report rate times K: tokens = tokens_seen / k * K; seconds = its one-off start-up
+(time_total_s - train_seconds: model load, data) + train_seconds / k * K, so the start-up is not
+extrapolated (without train_seconds in the history: time_total_s / k * K). Finished and failed
+trials cost what they cost. Saved = sum(full) - sum(actual).
 """
 
 from __future__ import annotations
@@ -152,7 +154,12 @@ def savings(sweep: Sweep) -> Savings:
         toks = _last(h, "tokens_seen")
         secs, toks = (secs if finite(secs) else 0.0), (toks if finite(toks) else 0.0)
         if r["status"] == "EARLY_STOPPED" and 0 < k < max_reports:
-            f_s, f_t = secs / k * max_reports, toks / k * max_reports
+            train_s = _last(h, "train_seconds")
+            if finite(train_s) and 0 < train_s <= secs:
+                f_s = (secs - train_s) + train_s / k * max_reports
+            else:
+                f_s = secs / k * max_reports
+            f_t = toks / k * max_reports
             rows.append({"trial_id": r["trial_id"], "reports": k, "of": max_reports, "seconds": secs,
                          "est. full seconds": f_s, "tokens": toks, "est. full tokens": f_t})
         else:

@@ -21,7 +21,8 @@ LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed"]
 TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
 COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
 # Names evaluators produce besides the training metrics (trainables/evaluate/*): kept as metrics.
-EVAL_PREFIXES = ("ppl_", "perplexity", "mcq_", "judge_", "acc", "rouge", "bleu", "exact_match", "f1")
+# Narrow on purpose: results.csv also carries subset statistics (mean_score, pool_rows, ...).
+EVAL_PREFIXES = ("ppl_", "mcq_", "judge_", "gen_")
 SEED_PATH = "train.seed"
 
 
@@ -95,7 +96,9 @@ class Sweep:
     @property
     def metrics(self) -> list[str]:
         """Recorded quality metrics, objective first."""
-        cols = [c for c in self.results.columns if _is_metric(c) and self.results[c].notna().any()]
+        configured = {f"ppl_{Path(p).stem}" for p in (self.config.get("eval") or {}).get("perplexity") or []}
+        cols = [c for c in self.results.columns if (_is_metric(c) or c in configured)
+                and pd.api.types.is_numeric_dtype(self.results[c]) and self.results[c].notna().any()]
         return [self.metric] + [c for c in cols if c != self.metric] if self.metric in self.results else cols
 
     @property
@@ -117,7 +120,7 @@ class Sweep:
 
 
 def _is_metric(col: str) -> bool:
-    return col in TRAIN_METRICS or col.startswith(EVAL_PREFIXES) or col.endswith(("_acc", "_score"))
+    return col in TRAIN_METRICS or col.startswith(EVAL_PREFIXES) or col.endswith("_acc")
 
 
 def parse_space(raw: dict[str, Any] | None) -> dict[str, SpaceParam]:

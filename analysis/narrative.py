@@ -81,7 +81,7 @@ def analysis_sentences(sweep: Sweep, abl: Ablation, sens: Sensitivity, sav: Savi
     r = sweep.results
     counts = r["status"].value_counts()
     n_fin = int(counts.get("TERMINATED", 0))
-    out.append(f"{len(r)} trials ran: {n_fin} finished, {int(counts.get('EARLY_STOPPED', 0))} were stopped early, "
+    out.append(f"{len(r)} trial(s) ran: {n_fin} finished, {int(counts.get('EARLY_STOPPED', 0))} stopped early, "
                f"{int(counts.get('ERROR', 0))} failed"
                + (f" and {int(counts.get('RUNNING', 0))} were still running." if counts.get("RUNNING") else "."))
     if f.best:
@@ -108,9 +108,11 @@ def analysis_sentences(sweep: Sweep, abl: Ablation, sens: Sensitivity, sav: Savi
             f"{e['factor']} = {e['level']} vs {e['baseline']} ({e['diff']:+.3g}, {_p(e['p'])})"
             for e in f.noise_effects) + ".")
     if f.untestable:
-        out.append("Not testable (a single run on one side and no seed noise to compare with): " + "; ".join(
-            f"{e['factor']} = {e['level']} vs {e['baseline']} ({e['diff']:+.3g})" for e in f.untestable
-            if math.isfinite(e["diff"])) + ".")
+        out.append("Not testable (a single run on one side and no seed noise to compare with, or no finished "
+                   "run at one level): " + "; ".join(
+                       f"{e['factor']} = {e['level']} vs {e['baseline']} "
+                       + (f"({e['diff']:+.3g})" if math.isfinite(e["diff"]) else "(no difference computable)")
+                       for e in f.untestable) + ".")
     if abl.binned:
         out.append(f"Continuous factors ({', '.join(abl.binned)}) were split into quantile bins for the ablation; "
                    "the marginal-effect plots show the raw values.")
@@ -145,6 +147,9 @@ def analysis_sentences(sweep: Sweep, abl: Ablation, sens: Sensitivity, sav: Savi
 
 
 def conclusion_sentences(sweep: Sweep, f: Findings, sav: Savings) -> list[str]:
+    if not f.best:
+        return [f"No trial produced a value of {sweep.metric}, so the sweep answers nothing yet; see the failed "
+                "and unfinished trials in the results."]
     out = []
     if f.best:
         out.append(f"Use {f.best['setting']} ({sweep.metric} = {f.best['value']:.4g}); its full configuration is "

@@ -25,7 +25,7 @@ import yaml
 from analysis import curves, render
 from analysis.ablation import Ablation, ablation
 from analysis.curves import Savings
-from analysis.load import SEED_PATH, Sweep, finite, load_sweep
+from analysis.load import SEED_PATH, Sweep, load_sweep
 from analysis.narrative import Findings, analysis_sentences, conclusion_sentences, findings
 from analysis.sensitivity import Sensitivity, sensitivity
 from analysis.stats import compare
@@ -150,7 +150,7 @@ def design(doc: Doc, a: Analysed) -> None:
         f"- **Budget:** {len(s.results)} trials × up to {reports or a.savings.max_reports} reports; "
         f"{render.fmt(_get(c, 'resources.cpus_per_trial'))} CPU / {render.fmt(_get(c, 'resources.gpus_per_trial'))} "
         f"GPU per trial; {a.savings.actual_seconds:,.0f} s of trial time used",
-        f"- **Trials:** " + ", ".join(f"{n} {st.lower().replace('_', '-')}" for st, n in counts.items()),
+        "- **Trials:** " + ", ".join(f"{n} {st.lower().replace('_', '-')}" for st, n in counts.items()),
         "",
     )
     doc.table(a, space_table(s), "search_space", f"{s.name}: search space")

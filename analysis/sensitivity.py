@@ -109,7 +109,11 @@ def build_study(sweep: Sweep, params: list[str]) -> Any:
 
 
 def importances(sweep: Sweep) -> Sensitivity:
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+    from optuna.importance import (
+        FanovaImportanceEvaluator,
+        PedAnovaImportanceEvaluator,
+        get_param_importances,
+    )
 
     params = _params(sweep)
     rows = _usable(sweep)

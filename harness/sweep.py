@@ -21,6 +21,30 @@ from harness.config import ConfigError, SweepConfig, load_sweep
 from harness.space import grid_points, param_space
 
 EXIT_CONFIG = 2
+META_KEYS = ("command", "git_commit", "hardware")  # written into sweep.yaml beside the config
+
+
+def run_metadata(argv: list[str]) -> dict[str, str]:
+    """How this sweep was launched: the exact command, the code version, the machine."""
+    import platform
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    except ImportError:
+        gpu = "unknown"
+    return {
+        "command": "python -m harness.sweep " + " ".join(shlex.quote(a) for a in argv),
+        "git_commit": commit or "unknown",
+        "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}; {platform.platform()}",
+    }
 
 
 def fail(problems: list[str]) -> None:
@@ -37,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output dir")
     ap.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: local")
     ap.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)  # overrides may follow flags
 
 
 # ----------------------------------------------------------------------------- before Ray
@@ -47,16 +71,10 @@ def preflight(cfg: SweepConfig) -> Any:
     """Model and data must exist before anything starts. Returns the tokenizer (for the plan)."""
     from transformers import AutoTokenizer
 
-    from trainables.data.formats import DataNotFound, resolve_data_path
+    from trainables.data.pipeline import data_problems
     from trainables.models import ModelNotFound, resolve_model
 
-    problems = []
-    try:
-        resolve_data_path(cfg.data.train, "data.train")
-        if cfg.data.eval:
-            resolve_data_path(cfg.data.eval, "data.eval")
-    except DataNotFound as e:
-        problems.append(str(e))
+    problems = data_problems(cfg.data)
     try:
         model_path = resolve_model(cfg.model.name)  # converts and caches the embedded model once
     except ModelNotFound as e:
@@ -70,16 +88,46 @@ def preflight(cfg: SweepConfig) -> Any:
               "check the id, the network, or use a local directory"])
 
 
-def plan(cfg: SweepConfig, tokenizer: Any) -> dict[str, Any]:
-    """What the sweep will do: trials, grid, resources, tokens per trial (base config)."""
+def needs_model(cfg: SweepConfig) -> bool:
+    """Model-based selection (loss, IFD) or a loss-ordered curriculum: scores come from the base model."""
+    from trainables.data.selection import needs_model as strategy_needs_model
+
+    strategies = {cfg.selection.strategy}
+    if "selection.strategy" in cfg.search.space:
+        p = cfg.search.space["selection.strategy"]
+        strategies |= set(p.grid or p.choice or [])
+    orders = [cfg.curriculum.model_copy(update={"metric": m}) for m in _levels(cfg, "curriculum.metric")]
+    return any(strategy_needs_model(s) for s in strategies) or any(c.needs_model for c in orders)
+
+
+def _levels(cfg: SweepConfig, path: str) -> list[Any]:
+    from harness.config import get_dotted
+
+    p = cfg.search.space.get(path)
+    return list(p.grid or p.choice or []) if p is not None else [get_dotted(cfg, path)]
+
+
+def plan(cfg: SweepConfig, tokenizer: Any, model: Any = None) -> dict[str, Any]:
+    """What the sweep will do: trials, grid, resources, tokens per trial (base config).
+
+    With a model, model-based scores (loss, IFD) are computed here once and cached on disk, so the
+    trials find them ready instead of each scoring the same examples."""
     from trainables.data.pipeline import prepare
     from trainables.data.tokenize import encode
 
     def n_tokens(e: Any) -> int:
         return len(encode(tokenizer, e.messages, cfg.train.max_seq_len)[0])
 
+    selection, curriculum, note = cfg.selection, cfg.curriculum, ""
+    if model is None and needs_model(cfg):  # --dry-run: estimate tokens without scoring
+        from trainables.data.selection import needs_model as strategy_needs_model
+
+        if strategy_needs_model(selection.strategy):
+            selection, note = selection.model_copy(update={"strategy": "random"}), " (estimated with random)"
+        curriculum = None
     try:
-        prep = prepare(cfg.data, cfg.selection, cfg.train.seed, n_tokens)
+        prep = prepare(cfg.data, selection, cfg.train.seed, n_tokens, curriculum=curriculum, model=model,
+                       tokenizer=tokenizer, max_len=cfg.train.max_seq_len)
     except ValueError as e:
         fail([str(e)])
     s = cfg.search
@@ -88,7 +136,7 @@ def plan(cfg: SweepConfig, tokenizer: Any) -> dict[str, Any]:
     per_epoch = prep.stats["train_tokens"]
     steps = -(-int(prep.stats["n_examples"]) // (cfg.train.batch_size * cfg.train.grad_accum))
     return {
-        "trials": n_trials, "grid": points, "examples": prep.stats["n_examples"],
+        "trials": n_trials, "grid": points, "examples": f"{prep.stats['n_examples']}{note}",
         "tokens_per_epoch": per_epoch, "tokens_per_trial": per_epoch * cfg.train.epochs,
         "steps_per_epoch": steps, "reports_per_trial": cfg.reports_per_trial,
         "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
@@ -115,7 +163,8 @@ def check_run_dir(cfg: SweepConfig, resume: bool) -> None:
             fail([f"--resume: {cfg.run_dir} holds no sweep to resume; run without --resume"])
         return
     old = yaml.safe_load(saved.read_text()) or {}
-    old.pop("command", None)
+    for key in META_KEYS:
+        old.pop(key, None)
     if old != cfg.model_dump(mode="json"):
         fail([f"output.dir: {cfg.run_dir} holds a different sweep; pick another name= or output.dir=, "
               "or delete that directory"])
@@ -164,10 +213,10 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool) -> Any:
 
     searched = list(s.space) + (["train.seed"] if len(s.seeds) > 1 else [])
     reporter = tune.CLIReporter(
-        parameter_columns=searched,
+        parameter_columns=[p for p in searched if p not in s.space or s.space[p].kind != "tie"],
         metric_columns={"training_iteration": "report", s.metric: s.metric, "best_eval_loss": "best",
                         "tokens_per_second": "tok/s"},
-        max_report_frequency=15, sort_by_metric=True, metric=s.metric, mode=s.mode,
+        max_report_frequency=15, sort_by_metric=True,
     )
     callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base)]
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
@@ -239,11 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         fail(e.problems)
     tokenizer = preflight(cfg)
-    the_plan = plan(cfg, tokenizer)
-    print_plan(cfg, the_plan)
     if args.dry_run:
+        print_plan(cfg, plan(cfg, tokenizer))
         return 0
     check_run_dir(cfg, args.resume)
+    model = None
+    if needs_model(cfg):
+        from trainables.models import load_model
+
+        print("scoring the pool with the base model once for all trials (cached)...")
+        model = load_model(cfg.model.name, "none", cfg.model.trust_remote_code)[0]
+    print_plan(cfg, plan(cfg, tokenizer, model))
+    del model
 
     base = cfg.model_dump(mode="json")
     run_dir = cfg.run_dir
@@ -251,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:
         from trainables.paths import atomic_write_text
 
-        command = "python -m harness.sweep " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        atomic_write_text(run_dir / "sweep.yaml", yaml.safe_dump({**base, "command": command}, sort_keys=False))
+        meta = run_metadata(argv if argv is not None else sys.argv[1:])
+        atomic_write_text(run_dir / "sweep.yaml", yaml.safe_dump({**base, **meta}, sort_keys=False))
 
     _quiet_env(cfg)
     import ray

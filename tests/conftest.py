@@ -3,6 +3,11 @@ embedded SmolLM2-135M model (converted once into the user cache, ~20 s the first
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from trainables.paths import find_data
@@ -28,3 +33,24 @@ def data_file():
         return path
 
     return get
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_sweep(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m harness.sweep ARGS` in a subprocess, W&B offline, as a user would run it."""
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """sweeps/smoke.yaml as shipped (Optuna TPE, ASHA, 2 concurrent trials, W&B offline, report at
+    the end), run once per test session and shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("runs")
+    proc = run_sweep("sweeps/smoke.yaml", f"output.dir={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (out / "smoke" / "driver.log").write_text(proc.stdout + proc.stderr)
+    return out / "smoke"

@@ -9,10 +9,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -174,3 +178,266 @@ def write_simulated_sweep(root: Path, kind: str = "grid", wandb: bool = False) -
     (run_dir / "best.yaml").write_text(yaml.safe_dump({"trial_id": best["trial_id"], "metric": "eval_loss",
                                                        "value": best["eval_loss"]}))
     return run_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by the tests
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """Every Markdown table in text, as its lines."""
+    tables, cur = [], []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            tables.append(cur)
+            cur = []
+    if cur:
+        tables.append(cur)
+    return tables
+
+
+def _cells(line: str) -> int:
+    return len(re.split(r"(?<!\\)\|", line.strip())) - 2  # leading and trailing pipe
+
+
+def assert_markdown_tables_parse(text: str) -> int:
+    tables = markdown_tables(text)
+    for t in tables:
+        assert len(t) >= 2 and re.fullmatch(r"\|(---\|)+", t[1]), t[:2]
+        widths = {_cells(line) for line in t}
+        assert len(widths) == 1, f"inconsistent column counts {widths} in table starting {t[0]}"
+    return len(tables)
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+
+
+SECTIONS = ["## Research question", "## Experiment design", "## Results", "## Analysis", "## Conclusion",
+            "## Reproducibility"]
+
+
+@pytest.fixture(scope="module")
+def grid_report(tmp_path_factory) -> Path:
+    from analysis.report import write_report
+
+    root = tmp_path_factory.mktemp("runs")
+    run = write_simulated_sweep(root, "grid")
+    return write_report([run])
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_report_layout_and_sections(grid_report: Path):
+    # Default out_dir: <run dir>/report
+    assert grid_report.name == "report.md" and grid_report.parent.name == "report"
+    assert (grid_report.parent.parent / "results.csv").exists()
+    text = grid_report.read_text()
+    positions = [text.index(s) for s in SECTIONS]
+    assert positions == sorted(positions), "sections out of order"
+    out = grid_report.parent
+    names = {p.stem for p in (out / "tables").iterdir()}
+    for stem in names:  # every table in all three formats
+        for ext in (".csv", ".tex", ".md"):
+            assert (out / "tables" / f"{stem}{ext}").exists(), f"{stem}{ext}"
+    for stem in ("trials", "search_space", "ablation_lora_r", "ablation_train_lr", "ablation_all", "importance",
+                 "early_stopping", "pareto_front"):
+        assert stem in names
+    figs = sorted((out / "figures").glob("*.png"))
+    assert {f.stem for f in figs} >= {"learning_curves", "pareto", "importance", "marginal_effects", "interaction"}
+    for f in figs:
+        assert_png(f)
+    for f in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):  # every figure link resolves
+        assert (out / f).exists(), f
+
+
+def test_markdown_tables_parse(grid_report: Path):
+    assert assert_markdown_tables_parse(grid_report.read_text()) >= 6
+    for md in (grid_report.parent / "tables").glob("*.md"):
+        assert assert_markdown_tables_parse(md.read_text()) == 1, md
+
+
+def test_latex_tables_are_booktabs(grid_report: Path):
+    for tex in (grid_report.parent / "tables").glob("*.tex"):
+        body = tex.read_text()
+        assert "\\toprule" in body and "\\midrule" in body and "\\bottomrule" in body
+        header = [ln for ln in body.splitlines() if ln.startswith("\\begin{tabular}")][0]
+        ncols = len(re.search(r"\{tabular\}\{(\w+)\}", header).group(1))
+        rows = [ln for ln in body.splitlines() if ln.endswith("\\\\")]
+        for row in rows:  # unescaped & separates cells
+            assert len(re.split(r"(?<!\\)&", row)) == ncols, (tex.name, row)
+
+
+def test_latex_compiles(grid_report: Path, tmp_path: Path):
+    engine = shutil.which("pdflatex")
+    if engine is None:
+        pytest.skip("no pdflatex on this machine; the booktabs structure is checked above")
+    tables = sorted((grid_report.parent / "tables").glob("*.tex"))
+    doc = ("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n"
+           "\\begin{document}\n" + "".join(t.read_text() + "\\clearpage\n" for t in tables) + "\\end{document}\n")
+    (tmp_path / "all.tex").write_text(doc)
+    r = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", "all.tex"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_failed_and_stopped_trials_are_shown(grid_report: Path):
+    import pandas as pd
+
+    out = grid_report.parent
+    trials = pd.read_csv(out / "tables" / "trials.csv")
+    assert (trials["status"] == "ERROR").sum() == 1 and (trials["status"] == "EARLY_STOPPED").sum() == 3
+    assert trials["error"].fillna("").str.contains("out of memory").any()
+    abl = pd.read_csv(out / "tables" / "ablation_lora_r.csv")
+    assert abl["stopped"].sum() == 3 and abl["failed"].sum() == 1
+    text = grid_report.read_text()
+    assert "1 failed" in text and "3 stopped early" in text
+
+
+def test_ablation_numbers_and_baseline(grid_report: Path):
+    import pandas as pd
+
+    from analysis.stats import summarize
+
+    run = grid_report.parent.parent
+    res = pd.read_csv(run / "results.csv")
+    fin = res[res["status"] == "TERMINATED"]
+    long = pd.read_csv(grid_report.parent / "tables" / "ablation_all.csv")
+    row = long[(long["factor"] == "lora.r") & (long["level"] == 16) & (long["metric"] == "eval_loss")].iloc[0]
+    vals = fin[fin["config/lora.r"] == 16]["eval_loss"]
+    s = summarize(vals.tolist())
+    assert row["n"] == len(vals) and row["mean"] == pytest.approx(s.mean) and row["ci_low"] == pytest.approx(s.ci_low)
+    base = fin[fin["config/lora.r"] == 8]["eval_loss"]  # lora.r default in sweep.yaml = 8
+    assert row["diff"] == pytest.approx(vals.mean() - base.mean())
+    assert long[(long["factor"] == "lora.r") & long["baseline"]]["level"].unique().tolist() == [8]
+    # The seed is the replicate, and the tied alpha no factor of its own.
+    assert set(long["factor"]) == {"lora.r", "train.lr"}
+    held = (grid_report.parent / "tables" / "held_constant.md").read_text()
+    assert "lora.alpha" in held and "tied" in held
+
+
+def test_sentences_come_from_numbers(grid_report: Path):
+    import pandas as pd
+
+    run = grid_report.parent.parent
+    res = pd.read_csv(run / "results.csv", dtype={"trial_id": str})
+    fin = res[res["status"] == "TERMINATED"]
+    best = fin.loc[fin["eval_loss"].idxmin()]
+    text = grid_report.read_text()
+    assert f"trial {best['trial_id']} reached eval_loss = {best['eval_loss']:.4g}" in text
+    sav = pd.read_csv(grid_report.parent / "tables" / "early_stopping.csv")
+    assert f"saving {sav['saved'].iloc[0]:,.0f} s" in text
+    # The simulation builds in a rank effect (-0.06 per doubling) far above its seed noise (0.01).
+    assert "lora.r = 16 instead of 8 changes eval_loss by -0.07" in text
+
+
+def test_early_stopping_savings_estimate(tmp_path: Path):
+    from analysis.curves import savings
+    from analysis.load import load_sweep
+
+    sweep = load_sweep(write_simulated_sweep(tmp_path, "grid"))
+    sav = savings(sweep)
+    assert sav.max_reports == 8 and sav.n_stopped == 3
+    expected_full = 0.0
+    for tid, h in sweep.histories.items():
+        status = sweep.results.set_index("trial_id").loc[tid, "status"]
+        k, secs = h["training_iteration"].max(), h["time_total_s"].iloc[-1]
+        expected_full += secs / k * 8 if status == "EARLY_STOPPED" else secs
+    assert sav.full_seconds == pytest.approx(expected_full)
+    assert 0 < sav.saved_fraction < 1
+
+
+def test_importance_finds_the_simulated_driver(tmp_path: Path):
+    from analysis.load import load_sweep
+    from analysis.sensitivity import build_study, importances
+
+    sweep = load_sweep(write_simulated_sweep(tmp_path, "optuna"))
+    study = build_study(sweep, sweep.factors)
+    lr = study.trials[0].distributions["train.lr"]
+    assert lr.log and lr.low == 1e-5 and lr.high == 1e-3
+    assert type(study.trials[0].distributions["selection.strategy"]).__name__ == "CategoricalDistribution"
+    sens = importances(sweep)
+    assert sens.n_trials == 16 and not sens.notes
+    # The simulated loss is quadratic in log10(lr): fANOVA must rank it first.
+    assert sens.importances.iloc[0]["parameter"] == "train.lr"
+    assert sens.importances["fanova"].sum() == pytest.approx(1.0)
+
+
+def test_tiny_sweep_does_not_crash(tmp_path: Path):
+    from analysis.report import write_report
+
+    report = write_report([write_simulated_sweep(tmp_path, "tiny")], out_dir=tmp_path / "out")
+    text = report.read_text()
+    assert "Importance needs more trials" in text
+    assert "Not testable" in text
+    assert_markdown_tables_parse(text)
+
+
+def test_several_sweeps_and_cli_baseline(tmp_path: Path):
+    import pandas as pd
+
+    from analysis.report import main
+
+    runs = [write_simulated_sweep(tmp_path, k) for k in ("grid", "optuna", "tiny")]
+    out = tmp_path / "cmp"
+    assert main([str(r) for r in runs] + ["--out", str(out), "--baseline", "lora.r=4"]) == 0
+    text = (out / "report.md").read_text()
+    assert "### Comparison across sweeps" in text and "The best eval_loss across sweeps is" in text
+    comp = pd.read_csv(out / "tables" / "comparison.csv")
+    assert comp["sweep"].tolist() == ["sim-grid", "sim-optuna", "sim-tiny"]
+    assert "eval_loss mean ± sd" in comp.columns
+    # Per-sweep outputs do not overwrite each other; the named baseline is used.
+    abl = pd.read_csv(out / "tables" / "sim_grid_ablation_lora_r.csv")
+    assert "4 (baseline)" in abl["level"].astype(str).tolist()
+    assert (out / "figures" / "sim_optuna_learning_curves.png").exists()
+
+
+def test_partial_sweep_without_sweep_yaml(tmp_path: Path):
+    """A sweep killed mid-way: no sweep.yaml, a RUNNING trial, a half-written history line."""
+    from analysis.report import write_report
+
+    run = write_simulated_sweep(tmp_path, "optuna")
+    (run / "sweep.yaml").unlink()
+    lines = (run / "results.csv").read_text().splitlines()
+    lines[1] = lines[1].replace("TERMINATED", "RUNNING").replace("EARLY_STOPPED", "RUNNING")
+    (run / "results.csv").write_text("\n".join(lines) + "\n")
+    with open(next((run / "trials").iterdir()) / "metrics.jsonl", "a") as f:
+        f.write('{"training_iteration": 9, "eval_lo')
+    report = write_report([run])
+    text = report.read_text()
+    assert "still running" in text and "not recorded in sweep.yaml" in text
+
+
+def test_wandb_offline_run(tmp_path: Path, monkeypatch):
+    pytest.importorskip("wandb")
+    from analysis.report import write_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = write_simulated_sweep(tmp_path, "tiny", wandb=True)
+    text = write_report([run]).read_text()
+    assert "W&B:" in text
+    if "logged to an offline run" in text:  # robust by design: a failure is reported, not raised
+        assert list((run / "wandb").glob("offline-run-*"))
+    assert write_report([run], wandb=False).read_text().count("W&B:") == 0
+
+
+def test_missing_results_is_a_clear_error(tmp_path: Path):
+    from analysis.report import main
+
+    assert main([str(tmp_path / "nope")]) == 2
+
+
+def test_module_runs_as_script(tmp_path: Path):
+    run = write_simulated_sweep(tmp_path, "tiny")
+    r = subprocess.run([sys.executable, "-m", "analysis.report", str(run)], capture_output=True, text=True,
+                       timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "report" / "report.md").exists()

@@ -152,7 +152,8 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     def n_tokens(example) -> int:
         return len(encoded(example)[0])
 
-    prep = prepare(cfg.data, cfg.selection, tc.seed, n_tokens)
+    prep = prepare(cfg.data, cfg.selection, tc.seed, n_tokens, curriculum=cfg.curriculum, model=model,
+                   tokenizer=tokenizer, max_len=tc.max_seq_len)  # the base model scores loss / IFD if asked
     # A prompt longer than max_seq_len leaves no response token to learn from.
     train = [e for e in prep.train if any(y != IGNORE for y in encoded(e)[1][1:])]
     evals = [encoded(e) for e in prep.eval if any(y != IGNORE for y in encoded(e)[1][1:])]

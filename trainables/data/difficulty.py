@@ -17,6 +17,7 @@ the same examples reuses them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -93,10 +94,19 @@ def score_examples(
     progress: bool = True, model_name: str | None = None,
 ) -> list[dict[str, float]]:
     """SCORES for each example (cached, resumable). Model in eval mode under no_grad; its mode is restored."""
+
+    path = cache_file(model_name or model_name_of(model), max_len)
+    # Concurrent trials that need the same scores queue on this lock: the second finds them cached.
+    with path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _score_locked(path, examples, model, tokenizer, max_len, batch_size, progress)
+
+
+def _score_locked(path: Path, examples: list[Example], model: Any, tokenizer: Any, max_len: int, batch_size: int,
+                  progress: bool) -> list[dict[str, float]]:
     import torch
     from tqdm import tqdm
 
-    path = cache_file(model_name or model_name_of(model), max_len)
     cached = _read_cache(path)
     keys = [example_key(e) for e in examples]
     todo = {k: e for k, e in zip(keys, examples, strict=True) if k not in cached}

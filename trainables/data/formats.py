@@ -147,7 +147,7 @@ def detect_format(row: dict) -> str:
         return "messages"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
-    if "output" in row and ("instruction" in row or "input" in row):
+    if "instruction" in row or ("output" in row and "input" in row):
         return "alpaca"
     raise ValueError(f"unrecognised row with fields {sorted(row)}; set data.format / data.fields")
 
@@ -317,6 +317,9 @@ def row_to_example(row: Any, i: int, source: str, fmt: str = "auto",
         raise ValueError(f"missing {e.args[0]}") from None
     if not msgs or msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
         raise ValueError("no assistant response")
+    for m in msgs:  # any source may carry the Alpaca template inside the prompt (FastChat exports do)
+        if m["role"] == "user":
+            m["content"] = strip_alpaca_preamble(m["content"])
     rid = next((row[k] for k in _ID_KEYS if row.get(k) not in (None, "")), None)
     category = next((row[k] for k in _CATEGORY_KEYS if isinstance(row.get(k), str) and row[k]), None)
     extra = {k: v for k, v in row.items() if k not in CANONICAL and k not in _ID_KEYS

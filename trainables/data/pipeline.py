@@ -14,7 +14,16 @@ from typing import Any
 
 from trainables.data.config import CurriculumConfig, DataConfig, SelectionConfig
 from trainables.data.difficulty import attach_scores
-from trainables.data.formats import Example, LoadReport, check_bad_rows, load_examples, load_with_report
+from trainables.data.formats import (
+    DataNotFound,
+    Example,
+    LoadReport,
+    check_bad_rows,
+    is_hub_id,
+    load_examples,
+    load_with_report,
+    resolve_data_path,
+)
 from trainables.data.hygiene import decontaminate, dedup
 from trainables.data.selection import needs_model, select
 
@@ -65,6 +74,21 @@ def load_pool(data: DataConfig) -> Pool:
     held = set(order[: data.eval_size])
     return Pool([e for i, e in enumerate(pool) if i not in held], [pool[i] for i in order[: data.eval_size]],
                 removed, reports)
+
+
+def data_problems(data: DataConfig) -> list[str]:
+    """One line per data path that resolves to nothing (training files, eval file, decontamination
+    sets): the driver's preflight, before anything starts. Hub ids are left to load time."""
+    named = [("data.train", f) for f in data.train_files] + [("data.decontaminate", f) for f in data.decontaminate]
+    named += [("data.eval", data.eval)] if data.eval else []
+    problems = []
+    for field_name, path in named:
+        if not is_hub_id(path):
+            try:
+                resolve_data_path(path, field_name)
+            except DataNotFound as e:
+                problems.append(str(e))
+    return problems
 
 
 def split_pool(data: DataConfig) -> tuple[list[Example], list[Example]]:

@@ -57,21 +57,21 @@ def run_all(
     train_pool: list[Example] | None = None,
 ) -> dict[str, float]:
     """Run every configured evaluator on (model, tokenizer); files go under trial_dir. {} when none is on."""
+    active = [EVALUATORS.get(n) for n in EVALUATORS.names_in_order() if EVALUATORS.get(n).enabled(eval_cfg)]
+    if not active:
+        return {}
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     ctx = EvalContext(eval_cfg, model, tokenizer, trial_dir, train_pool)
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
     was_training = bool(getattr(model, "training", False))
-    model.eval()
+    model.eval()  # dropout off: scores must not depend on the RNG
     try:
-        for name in EVALUATORS.names_in_order():
-            ev = EVALUATORS.get(name)
-            if ev.enabled(eval_cfg):
-                metrics.update(ev.run(ctx))
+        for ev in active:
+            metrics.update(ev.run(ctx))
     finally:
         if was_training:
             model.train()
-    if metrics:
-        metrics["eval_seconds"] = time.perf_counter() - t0
+    metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics

@@ -16,6 +16,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
+from trainables.data.tokenize import IGNORE
 from trainables.evaluate import EVALUATORS, EvalContext, Evaluator
 from trainables.evaluate.common import batches, last_token_logprobs, pad_id, token_logprobs
 from trainables.evaluate.mcq_data import MCQItem, exemplars_by_subject, load_items, sample_per_subject
@@ -66,16 +67,17 @@ def choice_scores(model: Any, tokenizer: Any, items: list[MCQItem], prompts: lis
         for row, i in enumerate(idx):
             out[i] = [float(logp[row, c[0]]) for c in conts[i]]
     # General path: one sequence per (item, choice), only the continuation tokens are scored.
-    seqs: list[tuple[int, list[int], list[int]]] = []
+    seqs: list[tuple[int, int, list[int], list[int]]] = []
     for i in multi:
-        for c in conts[i]:
+        out[i] = [0.0] * len(conts[i])
+        for j, c in enumerate(conts[i]):
             ctx = ctxs[i][-max(1, max_len - len(c)):]
-            seqs.append((i, ctx + c, [-100] * len(ctx) + c))
-    seqs.sort(key=lambda s: len(s[1]))
+            seqs.append((i, j, ctx + c, [IGNORE] * len(ctx) + c))
+    seqs.sort(key=lambda s: len(s[2]))
     for chunk in batches(seqs, batch_size):
-        res = token_logprobs(model, [(ids, lab) for _, ids, lab in chunk], pad)
-        for (i, _, _), (lp, _) in zip(chunk, res, strict=True):
-            out[i].append(lp)
+        res = token_logprobs(model, [(ids, lab) for _, _, ids, lab in chunk], pad)
+        for (i, j, _, _), (lp, _) in zip(chunk, res, strict=True):
+            out[i][j] = lp
     if score == "text_norm":
         out = [[s / max(1, len(t.strip())) for s, t in zip(sc, continuations(it, score, template), strict=True)]
                for sc, it in zip(out, items, strict=True)]

@@ -38,19 +38,39 @@ def needs_model(strategy: str) -> bool:
     return bool(getattr(SELECTION.get(strategy), "needs_model", False))
 
 
+def matched(to: str) -> Callable[[Ranking], Ranking]:
+    """Mark a variant that fills the token count of strategy `to`'s n-subset (same pool and seed)
+    instead of taking n: e.g. longest examples *at the tokens of a random N*, so a comparison of
+    the two is not just a comparison of training tokens. One registry name, so a 1-D grid over
+    selection.strategy can hold it."""
+
+    def mark(fn: Ranking) -> Ranking:
+        fn.budget_of = to  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
 def select(
     pool: list[Example], cfg: SelectionConfig, seed: int, n_tokens: Callable[[Example], int] | None = None
 ) -> list[Example]:
     """Rank the pool with cfg.strategy, skip cfg.offset, then take n or fill the token budget
     (the last example may overshoot the budget: totals land within one example of it)."""
-    ranking = itertools.islice(SELECTION.get(cfg.strategy)(pool, cfg, seed), cfg.offset, None)
-    if cfg.token_budget is None:
+    rank = SELECTION.get(cfg.strategy)
+    budget = cfg.token_budget
+    if budget is None and getattr(rank, "budget_of", None):
+        if n_tokens is None:
+            raise ValueError(f"selection.strategy {cfg.strategy} matches a token count: it needs a token counter")
+        reference = select(pool, cfg.model_copy(update={"strategy": rank.budget_of}), seed, n_tokens)
+        budget = sum(n_tokens(e) for e in reference)
+    ranking = itertools.islice(rank(pool, cfg, seed), cfg.offset, None)
+    if budget is None:
         return [pool[i] for i in itertools.islice(ranking, cfg.n)]
     if n_tokens is None:
         raise ValueError("selection.token_budget needs a token counter")
     chosen, total = [], 0
     for i in ranking:
-        if total >= cfg.token_budget:
+        if total >= budget:
             break
         chosen.append(pool[i])
         total += n_tokens(pool[i])

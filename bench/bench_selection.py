@@ -1,0 +1,95 @@
+"""Selection cost on a large pool: seconds per strategy, and the tokens of each N=100 subset.
+
+    python bench/bench_selection.py [--copies 5] [--n 100] [--max-len 256] [--model-sample 0]
+
+The pool is the real Alpaca files (random_9k + the two scored 1k subsets) repeated --copies times
+(ids made unique), ~56k examples: the largest pool a sweep here would select from, x3. Model-based
+strategies (loss, ifd) score every candidate with the base model, so they run on --model-sample
+examples only (0 = skip), with a throw-away cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainables.data.config import SelectionConfig  # noqa: E402
+from trainables.data.formats import load_examples  # noqa: E402
+from trainables.data.hygiene import decontaminate, dedup  # noqa: E402
+from trainables.data.selection import SELECTION, needs_model, select  # noqa: E402
+from trainables.data.tokenize import encode  # noqa: E402
+
+FILES = ("alpaca/random_9k.json", "alpaca/filtered_alpaca_1k_score.json", "alpaca/filtered_alpaca_1k_longest.json")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copies", type=int, default=5)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--model-sample", type=int, default=0, help="pool size for loss/ifd (0 = skip them)")
+    args = ap.parse_args()
+
+    from trainables.models import load_model
+
+    model, tok, _ = load_model("smollm2-135m-instruct")
+
+    def n_tokens(e) -> int:
+        return len(encode(tok, e.messages, args.max_len)[0])
+
+    t = time.perf_counter()
+    base = [e for f in FILES for e in load_examples(f)]
+    pool = [replace(e, id=f"{e.id}~{c}", meta={}) for c in range(args.copies) for e in base]
+    print(f"pool: {len(pool)} examples ({len(base)} x {args.copies}), loaded in {time.perf_counter() - t:.1f}s")
+    for name, step in (("dedup normalized", lambda p: dedup(p, "normalized")),
+                       ("decontaminate 13-gram", lambda p: decontaminate(
+                           p, ["eval/test_set_evol_instruct_150.json"], 13))):
+        t = time.perf_counter()
+        kept, removed = step(pool)
+        print(f"{name}: {time.perf_counter() - t:.2f}s, removed " +
+              ", ".join(f"{k} {len(v)}" for k, v in removed.items()))
+
+    rows = []
+    configs = [(s, SelectionConfig(strategy=s, n=args.n)) for s in SELECTION.names() if not needs_model(s)]
+    configs.append(("longest (conversation)", SelectionConfig(strategy="longest", n=args.n, length_by="conversation")))
+    configs.append(("weighted (rank)", SelectionConfig(strategy="weighted", n=args.n, normalize="rank")))
+    for label, cfg in configs:
+        t = time.perf_counter()
+        chosen = select(pool, cfg, 0, n_tokens)
+        rows.append((label, len(pool), time.perf_counter() - t, chosen))
+    t = time.perf_counter()
+    chosen = select(pool, SelectionConfig(strategy="longest", token_budget=12000), 0, n_tokens)
+    rows.append(("longest, token_budget 12000", len(pool), time.perf_counter() - t, chosen))
+
+    if args.model_sample:
+        from trainables.data.difficulty import attach_scores
+
+        sample = [replace(e, meta={}) for e in base[: args.model_sample]]
+        os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-difficulty-")
+        t = time.perf_counter()
+        attach_scores(sample, model, tok, max_len=args.max_len, batch_size=8, model_name="bench")
+        scoring = time.perf_counter() - t
+        print(f"model scoring: {scoring:.1f}s for {len(sample)} examples ({scoring / len(sample):.2f} s/example)")
+        for s in ("loss", "ifd"):
+            t = time.perf_counter()
+            chosen = select(sample, SelectionConfig(strategy=s, n=args.n), 0)
+            rows.append((s, len(sample), scoring + time.perf_counter() - t, chosen))
+
+    print(f"\n{'strategy':<28}{'pool':>8}{'seconds':>9}{'n':>6}{'tokens':>9}{'tok/ex':>8}{'resp words':>12}")
+    for label, size, secs, chosen in rows:
+        toks = [n_tokens(e) for e in chosen]
+        words = statistics.fmean(len(e.response_text.split()) for e in chosen) if chosen else 0
+        print(f"{label:<28}{size:>8}{secs:>9.2f}{len(chosen):>6}{sum(toks):>9}"
+              f"{statistics.fmean(toks) if toks else 0:>8.0f}{words:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""EvalConfig: strict, validated, and metrics() names exactly what run_all produces."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from trainables.evaluate import EVALUATORS, run_all
+from trainables.evaluate.config import EvalConfig, MCQSet
+
+
+def test_defaults_run_nothing(tmp_path):
+    cfg = EvalConfig()
+    assert cfg.metrics() == []
+    assert run_all(cfg, object(), object(), tmp_path / "t") == {}  # no model work, no files
+    assert not (tmp_path / "t").exists()
+
+
+def test_registry_order_puts_generation_before_judge():
+    names = EVALUATORS.names_in_order()
+    assert set(names) == {"perplexity", "mcq", "generate", "judge"}
+    assert names.index("generate") < names.index("judge")
+
+
+def test_metric_names_for_a_full_config():
+    cfg = EvalConfig.model_validate({
+        "perplexity": ["classical_zh/public_test.json", "eval/evol_instruct_gt.json"],
+        "mcq": [{"name": "mmlu", "preset": "mmlu"}],
+        "generate": {"data": "eval/evol_instruct_gt.json"},
+        "judge": {"enabled": True, "base_url": "http://127.0.0.1:1/v1"},
+    })
+    m = cfg.metrics()
+    for name in ("ppl_public_test", "loss_public_test", "ppl_evol_instruct_gt", "mcq_mmlu_acc", "mcq_acc",
+                 "gen_seconds", "judge_score", "judge_parse_failures", "judge_win_rate", "eval_seconds"):
+        assert name in m
+    assert len(m) == len(set(m))
+
+
+def test_presets_fill_columns_and_paths():
+    s = MCQSet.model_validate({"name": "arc", "preset": "arc", "shots": 3})
+    assert s.question == "question.stem" and s.choices == "question.choices" and s.dev
+    s = MCQSet.model_validate({"name": "x", "preset": "mmlu", "answer": "answer"})
+    assert s.choices == ["choice0", "choice1", "choice2", "choice3"]
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"perplexity": ["nope/missing.json"]}, "not found"),
+    ({"perplexity_limit": 0}, "greater than"),
+    ({"bogus": 1}, "Extra inputs"),
+    ({"mcq": [{"name": "m", "path": "mcq/mmlu/test", "choices": ["a", "b"], "shots": 2}]}, "needs a dev split"),
+    ({"mcq": [{"name": "bad name", "preset": "mmlu"}]}, "pattern"),
+    ({"mcq": [{"name": "a", "preset": "mmlu"}, {"name": "a", "preset": "arc"}]}, "distinct"),
+    ({"judge": {"enabled": True}}, "needs generate.data"),
+    ({"judge": {"api_key_env": "sk-abc123"}}, "NAME of an environment variable"),
+    ({"judge": {"api_key_env": "MY KEY"}}, "NAME of an environment variable"),
+    ({"generate": {"data": "eval/evol_instruct_gt.json", "top_p": 0}}, "greater than"),
+    ({"generate": {"temperature": -1}}, "greater than or equal"),
+    ({"adapter": "/nonexistent/adapter"}, "not a peft adapter"),
+])
+def test_invalid_values_are_rejected(raw, fragment):
+    with pytest.raises(ValidationError) as e:
+        EvalConfig.model_validate(raw)
+    assert fragment in str(e.value)
+
+
+def test_custom_template_must_fit_the_mode(tmp_path):
+    bad = tmp_path / "t.txt"
+    bad.write_text("Rate this: {answer}")
+    with pytest.raises(ValidationError, match="must contain"):
+        EvalConfig.model_validate({"judge": {"template": str(bad)}})
+    good = tmp_path / "g.txt"
+    good.write_text("Q: {question}\nA: {answer}\nGive 'Rating: N'. JSON like {\"a\": 1} is fine.")
+    assert EvalConfig.model_validate({"judge": {"template": str(good), "mode": "single"}}).judge.template
+
+
+def test_sweep_config_accepts_eval_metrics_and_searched_decoding():
+    from harness.config import load_sweep
+
+    cfg, _ = load_sweep("sweeps/decoding.yaml")
+    assert cfg.eval.only and cfg.search.metric in cfg.metrics()
+    assert "eval.generate.temperature" in cfg.search.space

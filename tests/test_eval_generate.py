@@ -1,0 +1,89 @@
+"""Generation: left-padded batches give the same greedy text as one prompt at a time; seeded sampling
+repeats; pred.json / generations.jsonl land in the trial dir; prompt sets of every shape load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainables.evaluate import run_all
+from trainables.evaluate.config import EvalConfig, GenerateConfig
+from trainables.evaluate.generate import decoding_kwargs, generate_rows
+from trainables.evaluate.prompts import load_prompts
+
+
+@pytest.fixture(scope="module")
+def model_tok():
+    from trainables.models import load_model
+
+    model, tok, _ = load_model("smollm2-135m-instruct")
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize("path, n, has_ref", [
+    ("eval/evol_instruct_gt.json", 150, True),
+    ("eval/test_set_evol_instruct_150.json", 150, False),
+    ("eval/koala_test_set.jsonl", 180, False),
+    ("eval/vicuna_question.jsonl", 80, False),
+    ("eval/vicuna_test_set.jsonl", 80, False),
+    ("eval/wizardlm_test_set.jsonl", 218, False),
+    ("eval/sinstruct_test_set.jsonl", 252, True),
+    ("eval/lima_test.jsonl", 300, False),
+    ("classical_zh/private_test.json", 250, False),
+    ("classical_zh/public_test.json", 250, True),
+])
+def test_prompt_sets_load(path, n, has_ref):
+    rows = load_prompts(path)
+    assert len(rows) == n
+    assert all(r.messages[-1]["role"] == "user" and r.messages[-1]["content"].strip() for r in rows)
+    assert (rows[0].reference is not None) == has_ref
+    assert not rows[0].messages[0]["content"].startswith("Below is an instruction")  # preamble stripped
+
+
+def test_decoding_kwargs_greedy_vs_sampling():
+    assert decoding_kwargs(GenerateConfig(temperature=0))["do_sample"] is False
+    assert "temperature" not in decoding_kwargs(GenerateConfig(temperature=0))
+    kw = decoding_kwargs(GenerateConfig(temperature=0.7, top_k=5, top_p=0.9, num_beams=2, repetition_penalty=1.2))
+    assert kw == {"max_new_tokens": 128, "num_beams": 2, "repetition_penalty": 1.2, "do_sample": True,
+                  "temperature": 0.7, "top_k": 5, "top_p": 0.9}
+
+
+def test_left_padded_batch_equals_one_at_a_time(model_tok):
+    model, tok = model_tok
+    rows = load_prompts("eval/vicuna_question.jsonl", limit=3)  # different prompt lengths -> padding
+    batched = generate_rows(model, tok, rows, GenerateConfig(max_new_tokens=8, batch_size=3))
+    single = generate_rows(model, tok, rows, GenerateConfig(max_new_tokens=8, batch_size=1))
+    assert [r["output"] for r in batched] == [r["output"] for r in single]
+    assert all(r["output"] and 0 < r["new_tokens"] <= 8 for r in batched)
+
+
+def test_seeded_sampling_repeats_and_files_are_written(model_tok, tmp_path):
+    model, tok = model_tok
+    gen = {"data": "eval/evol_instruct_gt.json", "limit": 2, "max_new_tokens": 6, "temperature": 1.0,
+           "top_k": 20, "top_p": 0.95, "repetition_penalty": 1.1, "seed": 3}
+    cfg = EvalConfig(generate=gen)
+    m1 = run_all(cfg, model, tok, tmp_path / "a")
+    run_all(cfg, model, tok, tmp_path / "b")
+    pred_a = json.loads((tmp_path / "a" / "pred.json").read_text())
+    pred_b = json.loads((tmp_path / "b" / "pred.json").read_text())
+    assert pred_a == pred_b
+    assert list(pred_a) == ["identity_8174", "identity_16675"]
+    assert set(pred_a["identity_8174"]) == {"input", "output"}
+    assert pred_a["identity_8174"]["input"][-1]["role"] == "user"
+    lines = (tmp_path / "a" / "generations.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    assert row["reference"] and row["decoding"]["temperature"] == 1.0
+    assert m1["gen_n"] == 2 and set(m1) == set(cfg.metrics())
+
+
+def test_in_context_examples_reach_the_prompt(model_tok):
+    from trainables.data.formats import load_examples
+    from trainables.evaluate.common import icl_messages
+    from trainables.evaluate.generate import build_messages
+
+    pool = load_examples("alpaca/alpaca_en_demo.json")[:10]
+    row = load_prompts("eval/vicuna_question.jsonl", limit=1)[0]
+    msgs = build_messages(row, icl_messages(pool, 3, seed=0), system="Be brief.")
+    assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert msgs[-1] == row.messages[-1]
