@@ -310,8 +310,6 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
     if cur.order == "staged" and cur.epochs_per_stage and cur.epochs_per_stage * cur.stages > cfg.train.epochs:
         problems.append(f"curriculum.epochs_per_stage: {cur.stages} stages x {cur.epochs_per_stage} epochs exceed "
                         f"train.epochs ({cfg.train.epochs}); raise train.epochs or lower epochs_per_stage")
-    if cfg.model.quantization == "nf4" and cfg.train.bf16 == "off" and cfg.train.device == "cpu":
-        problems.append("train.bf16: nf4 on CPU computes in bf16; leave bf16 at auto or on")
     if cfg.data.eval is None and math.isnan(float(cfg.data.eval_size)):
         problems.append("data.eval_size: must be a number")
     return problems

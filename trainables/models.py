@@ -114,14 +114,24 @@ def bf16_supported(device: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def compute_dtype(device: str) -> Any:
+    """Half-precision math where the hardware has it: bf16 (CUDA with bf16, CPUs with AVX-512 BF16 / AMX),
+    fp16 on older GPUs (a T4), fp32 on other CPUs, where emulated bf16/fp16 is several times slower."""
+    import torch
+
+    if bf16_supported(device):
+        return torch.bfloat16
+    return torch.float16 if device == "cuda" else torch.float32
+
+
 def load_model(
     name: str,
     quantization: str = "none",
     trust_remote_code: bool = False,
     device: str = "cpu",
 ) -> tuple[Any, Any, dict[str, float]]:
-    """Load (model, tokenizer, timings). Weights stay fp32 on CPU (autocast does bf16 math);
-    `nf4` loads 4-bit bitsandbytes weights with bf16 compute (fp16 where the GPU lacks bf16)."""
+    """Load (model, tokenizer, timings). Weights stay fp32 on CPU (autocast does bf16 math where the CPU
+    has bf16 instructions); `nf4` loads 4-bit bitsandbytes weights and computes in compute_dtype()."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,7 +142,7 @@ def load_model(
     if quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
-        compute = torch.bfloat16 if bf16_supported(device) else torch.float16
+        compute = compute_dtype(device)
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -141,9 +151,7 @@ def load_model(
         )
         kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
     else:
-        kwargs["dtype"] = torch.float32 if device == "cpu" else (
-            torch.bfloat16 if bf16_supported(device) else torch.float16
-        )
+        kwargs["dtype"] = torch.float32 if device == "cpu" else compute_dtype(device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
