@@ -164,7 +164,8 @@ class SweepConfig(Strict):
 
     @property
     def reports_per_trial(self) -> int:
-        return self.train.epochs * self.train.evals_per_epoch
+        """Intermediate reports of a full trial (ASHA's rungs); an eval-only trial reports once."""
+        return 1 if self.eval.only else self.train.epochs * self.train.evals_per_epoch
 
     def metrics(self) -> list[str]:
         return list(TRAIN_METRICS) + self.eval.metrics()

@@ -92,6 +92,8 @@ def needs_model(cfg: SweepConfig) -> bool:
     """Model-based selection (loss, IFD) or a loss-ordered curriculum: scores come from the base model."""
     from trainables.data.selection import needs_model as strategy_needs_model
 
+    if cfg.eval.only:
+        return False
     strategies = {cfg.selection.strategy}
     if "selection.strategy" in cfg.search.space:
         p = cfg.search.space["selection.strategy"]
@@ -148,8 +150,13 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
     print(f"sweep {cfg.name}: {p['trials']} trials, {cfg.search.algorithm} search, {cfg.scheduler.type} scheduler, "
           f"metric {cfg.search.metric} ({cfg.search.mode})")
     print(f"  model {cfg.model.name} (quantization {cfg.model.quantization}); data {cfg.data.train}")
-    print(f"  per trial: {p['examples']} examples, {p['tokens_per_epoch']} tokens/epoch x {cfg.train.epochs} epochs "
-          f"= {p['tokens_per_trial']} tokens, {p['steps_per_epoch']} steps/epoch, {p['reports_per_trial']} reports")
+    if cfg.eval.only:
+        adapter = cfg.eval.adapter or "none (the base model)"
+        print(f"  eval-only trials (no training): adapter {adapter}; in-context shots {cfg.eval.icl_shots}; "
+              f"{len(cfg.eval.metrics())} metrics + held-out eval_loss")
+    else:
+        print(f"  per trial: {p['examples']} examples, {p['tokens_per_epoch']} tokens/epoch x {cfg.train.epochs} "
+              f"epochs = {p['tokens_per_trial']} tokens, {p['steps_per_epoch']} steps/epoch, {p['reports_per_trial']} reports")
     print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once; output {cfg.run_dir}")
     for i, point in enumerate(p["grid"]):
         print(f"  trial {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
@@ -181,11 +188,13 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     from harness.results import ResultsWriter
+    from trainables.evaluate.eval_only import eval_trial
     from trainables.qlora import train_trial
 
     run_dir = cfg.run_dir
+    trial_fn = eval_trial if cfg.eval.only else train_trial  # eval-only: baselines, decoding sweeps
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=base, run_dir=str(run_dir)),
+        tune.with_parameters(trial_fn, base=base, run_dir=str(run_dir)),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
     if resume:

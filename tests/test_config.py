@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -22,9 +24,14 @@ def problems(tmp_path, doc: dict, overrides=()) -> list[str]:
 
 
 def test_shipped_sweeps_validate():
-    for name in ("sweeps/lora_rank.yaml", "sweeps/smoke.yaml"):
-        cfg, _ = load_sweep(name)
-        assert cfg.search.metric == "eval_loss"
+    shipped = sorted(Path("sweeps").glob("*.yaml"))
+    assert len(shipped) >= 6
+    for path in shipped:
+        cfg, _ = load_sweep(path)
+        assert cfg.name == path.stem and cfg.description, path
+        assert cfg.search.space, f"{path}: a sweep file varies something"
+    assert load_sweep("sweeps/lora_rank.yaml")[0].search.metric == "eval_loss"
+    assert load_sweep("sweeps/baselines.yaml")[0].reports_per_trial == 1  # eval-only: one report
 
 
 def test_defaults_and_name_from_file(tmp_path):

@@ -30,7 +30,7 @@ def adapter_dir(tmp_path_factory):
 
 def sweep(**eval_kw) -> SweepConfig:
     return SweepConfig.model_validate({
-        "name": "t", "data": {"train": "alpaca/alpaca_en_demo.json"},
+        "name": "t", "data": {"train": "alpaca/alpaca_en_demo.json", "eval_size": 4},
         "eval": {"only": True, "perplexity": ["eval/evol_instruct_gt.json"], "perplexity_limit": 2, **eval_kw},
         "search": {"metric": "ppl_evol_instruct_gt"}, "resources": {"cpus_per_trial": 1},
     })
@@ -42,6 +42,8 @@ def test_base_zero_shot_k_shot_and_adapter(adapter_dir, tmp_path):
     tuned = evaluate_config(sweep(adapter=str(adapter_dir)), tmp_path / "adapter")
     for m in (base, kshot, tuned):
         assert math.isfinite(m["ppl_evol_instruct_gt"]) and m["model_load_seconds"] >= 0
+        assert m["eval_perplexity"] == pytest.approx(math.exp(m["eval_loss"]))  # held-out rows, as trials report
+    assert kshot["eval_loss"] != base["eval_loss"] and tuned["eval_loss"] != base["eval_loss"]
     assert kshot["icl_shots"] == 2 and kshot["ppl_evol_instruct_gt"] != base["ppl_evol_instruct_gt"]
     assert "adapter_load_seconds" in tuned and tuned["ppl_evol_instruct_gt"] != base["ppl_evol_instruct_gt"]
 

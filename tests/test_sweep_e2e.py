@@ -87,3 +87,19 @@ def test_bad_sweep_exits_2_before_ray_starts(tmp_path):
 def test_missing_data_exits_2(tmp_path):
     proc = run_sweep("sweeps/smoke.yaml", "data.train=alpaca/none.json", f"output.dir={tmp_path}")
     assert proc.returncode == 2 and proc.stderr.startswith("error: data.train: 'alpaca/none.json' not found")
+
+
+def test_eval_only_baselines_run_through_the_cli(tmp_path):
+    # eval.only dispatches the eval-only trial: no training, one report, the same held-out eval_loss column.
+    proc = run_sweep(
+        "sweeps/baselines.yaml", f"output.dir={tmp_path}", "--no-report", "wandb.enabled=false",
+        "data.eval_size=4", "eval.perplexity_limit=2", "search.space={eval.icl_shots: {grid: [0, 2]}}",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {int(r["config/eval.icl_shots"]): r for r in read_csv(tmp_path / "baselines" / "results.csv")}
+    assert set(rows) == {0, 2}
+    for r in rows.values():
+        assert r["status"] == "TERMINATED" and r["stopped_early"] == "false", r
+        assert float(r["eval_loss"]) > 0 and float(r["ppl_evol_instruct_gt"]) > 1
+        assert r["tokens_seen"] == "" and not (tmp_path / "baselines" / "trials" / r["trial_id"] / "adapter").exists()
+    assert rows[0]["eval_loss"] != rows[2]["eval_loss"]  # the in-context examples change the scores

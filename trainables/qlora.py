@@ -192,7 +192,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
 
     static = {
         **prep.stats, "trainable_params": trainable_params, "seed": tc.seed, "total_steps": total_steps,
-        "node_id": _node_id(), **load_times,
+        "node_id": ray_node_id(), **load_times,
     }
 
     # 4. Train: accumulate, step, and at each report point evaluate + checkpoint ---------------
@@ -243,7 +243,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
 
 
-def _node_id() -> str:
+def ray_node_id() -> str:
     try:
         import ray
 

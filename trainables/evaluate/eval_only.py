@@ -46,6 +46,32 @@ def icl_pool(cfg: Any) -> list | None:
     return split_pool(cfg.data)[0]
 
 
+def held_out_loss(cfg: Any, model: Any, tokenizer: Any, pool: list | None) -> dict[str, float]:
+    """eval_loss on the same held-out rows that trained trials report, so a baseline sits in the same
+    column as the LoRA trials. Zero-shot rows are encoded exactly as in training (truncated at
+    train.max_seq_len); k-shot rows get the in-context turns in front (eval.max_len, cut from the left)."""
+    import contextlib
+    import math
+
+    from trainables.data.pipeline import split_pool
+    from trainables.data.tokenize import encode
+    from trainables.evaluate.common import icl_messages, pad_id
+    from trainables.evaluate.perplexity import score_examples
+    from trainables.qlora import mean_loss
+
+    held = split_pool(cfg.data)[1]
+    icl = icl_messages(pool, cfg.eval.icl_shots, cfg.eval.icl_seed)
+    if icl:
+        scores = score_examples(model, tokenizer, held, batch_size=cfg.eval.batch_size, max_len=cfg.eval.max_len,
+                                icl=icl)
+        loss = sum(s for s, _ in scores) / max(1, sum(n for _, n in scores))
+    else:
+        enc = [encode(tokenizer, e.messages, cfg.train.max_seq_len) for e in held]
+        device = str(next(model.parameters()).device.type)
+        loss = mean_loss(model, enc, cfg.eval.batch_size, pad_id(tokenizer), device, contextlib.nullcontext)
+    return {"eval_loss": loss, "best_eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50))}
+
+
 def evaluate_config(cfg: Any, trial_dir: Path) -> dict[str, float]:
     """Load, evaluate, return metrics (no Ray needed: tests and scripts call this directly)."""
     import torch
@@ -55,8 +81,11 @@ def evaluate_config(cfg: Any, trial_dir: Path) -> dict[str, float]:
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))
     torch.manual_seed(cfg.train.seed)
     model, tokenizer, times = load_for_eval(cfg)
-    metrics = run_all(cfg.eval, model, tokenizer, trial_dir, icl_pool(cfg))
-    return {**times, **metrics, "seed": cfg.train.seed, "icl_shots": cfg.eval.icl_shots}
+    pool = icl_pool(cfg)
+    with torch.no_grad():
+        held = held_out_loss(cfg, model, tokenizer, pool)
+    metrics = run_all(cfg.eval, model, tokenizer, trial_dir, pool)
+    return {**times, **held, **metrics, "seed": cfg.train.seed, "icl_shots": cfg.eval.icl_shots}
 
 
 def eval_trial(config: dict[str, Any], *, base: dict[str, Any], run_dir: str) -> None:
@@ -66,11 +95,11 @@ def eval_trial(config: dict[str, Any], *, base: dict[str, Any], run_dir: str) ->
 
     from harness.config import SweepConfig
     from harness.space import resolve
+    from trainables.qlora import ray_node_id
 
     cfg = SweepConfig.model_validate(resolve(base, config, SweepConfig.model_validate(base).search.space))
     trial_dir = Path(run_dir) / "trials" / tune.get_context().get_trial_id()
     trial_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(trial_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=1))
     metrics = evaluate_config(cfg, trial_dir)
-    # eval_loss keeps its meaning for eval-only trials when a held-out set is scored: not faked here.
-    tune.report(metrics)
+    tune.report({**metrics, "node_id": ray_node_id()})
