@@ -158,6 +158,14 @@ class SweepConfig(Strict):
     output: OutputConfig = OutputConfig()
     wandb: WandbConfig = WandbConfig()
 
+    @model_validator(mode="after")
+    def _decontaminate_against_eval_sets(self) -> SweepConfig:
+        """Training rows whose prompts appear in the sweep's own evaluation sets would inflate the scores."""
+        if self.data.decontaminate_eval:
+            used = list(self.eval.perplexity) + ([self.eval.generate.data] if self.eval.generate.data else [])
+            self.data.decontaminate += [p for p in used if p not in self.data.decontaminate]
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir).expanduser().resolve() / self.name

@@ -98,7 +98,8 @@ def needs_model(cfg: SweepConfig) -> bool:
     if "selection.strategy" in cfg.search.space:
         p = cfg.search.space["selection.strategy"]
         strategies |= set(p.grid or p.choice or [])
-    orders = [cfg.curriculum.model_copy(update={"metric": m}) for m in _levels(cfg, "curriculum.metric")]
+    orders = [cfg.curriculum.model_copy(update={"order": o, "metric": m})
+              for o in _levels(cfg, "curriculum.order") for m in _levels(cfg, "curriculum.metric")]
     return any(strategy_needs_model(s) for s in strategies) or any(c.needs_model for c in orders)
 
 
@@ -109,11 +110,35 @@ def _levels(cfg: SweepConfig, path: str) -> list[Any]:
     return list(p.grid or p.choice or []) if p is not None else [get_dotted(cfg, path)]
 
 
-def plan(cfg: SweepConfig, tokenizer: Any, model: Any = None) -> dict[str, Any]:
-    """What the sweep will do: trials, grid, resources, tokens per trial (base config).
+def prescore(cfg: SweepConfig, tokenizer: Any, model: Any) -> int:
+    """Model-based scores (loss, IFD) for every searched level that needs them, computed once here and
+    cached on disk, so trials find them ready instead of each scoring the same examples (or waiting
+    on each other's cache lock). Returns how many level combinations were scored."""
+    import itertools
 
-    With a model, model-based scores (loss, IFD) are computed here once and cached on disk, so the
-    trials find them ready instead of each scoring the same examples."""
+    from trainables.data.pipeline import prepare
+    from trainables.data.selection import needs_model as strategy_needs_model
+    from trainables.data.tokenize import encode
+
+    def n_tokens(e: Any) -> int:
+        return len(encode(tokenizer, e.messages, cfg.train.max_seq_len)[0])
+
+    axes = ["selection.strategy", "selection.n", "curriculum.order", "curriculum.metric"]
+    seeds = _levels(cfg, "train.seed") if "train.seed" in cfg.search.space else list(cfg.search.seeds)
+    done = 0
+    for combo in itertools.product(*[_levels(cfg, a) for a in axes], seeds):
+        strategy, n, order, metric, seed = combo
+        selection = cfg.selection.model_copy(update={"strategy": strategy, "n": n})
+        curriculum = cfg.curriculum.model_copy(update={"order": order, "metric": metric})
+        if strategy_needs_model(strategy) or curriculum.needs_model:
+            prepare(cfg.data, selection, seed, n_tokens, curriculum=curriculum, model=model, tokenizer=tokenizer,
+                    max_len=cfg.train.max_seq_len)
+            done += 1
+    return done
+
+
+def plan(cfg: SweepConfig, tokenizer: Any, model: Any = None) -> dict[str, Any]:
+    """What the sweep will do: trials, grid, resources, tokens per trial (base config)."""
     from trainables.data.pipeline import prepare
     from trainables.data.tokenize import encode
 
@@ -307,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print("scoring the pool with the base model once for all trials (cached)...")
         model = load_model(cfg.model.name, "none", cfg.model.trust_remote_code)[0]
+        try:
+            prescore(cfg, tokenizer, model)
+        except ValueError as e:
+            fail([str(e)])
     print_plan(cfg, plan(cfg, tokenizer, model))
     del model
 

@@ -72,3 +72,20 @@ def test_prepare_reports_what_hygiene_removed(data_file):
     assert s["removed_decontam_exact"] + s["removed_decontam_ngram"] >= 1
     assert s["pool_size"] == 2000 - sum(len(v) for v in p.removed.values()) - 10
     assert p.selected_ids == [e.id for e in p.train] and len(p.train) == 5
+
+
+def test_sweep_decontaminates_against_its_own_eval_sets_and_keeps_the_held_out_rows():
+    from harness.config import SweepConfig
+    from trainables.data.pipeline import load_pool
+
+    doc = {"name": "t", "data": {"train": "alpaca/random_9k.json", "eval_size": 16},
+           "eval": {"generate": {"data": EVAL}}}
+    cfg = SweepConfig.model_validate(doc)
+    assert cfg.data.decontaminate == [EVAL]
+    off = SweepConfig.model_validate({**doc, "data": {**doc["data"], "decontaminate_eval": False}})
+    assert off.data.decontaminate == []
+    clean, plain = load_pool(cfg.data), load_pool(off.data)
+    assert sum(len(ids) for why, ids in clean.removed.items() if why.startswith("decontam")) >= 1
+    assert len(clean.examples) < len(plain.examples)
+    # The held-out rows do not depend on which eval sets a sweep decontaminates against.
+    assert [e.id for e in clean.held_out] == [e.id for e in plain.held_out]

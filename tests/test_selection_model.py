@@ -110,3 +110,24 @@ def test_prepare_scores_for_selection_and_curriculum(model_tok, cache, tmp_path)
     p = prepare(data, SelectionConfig(strategy="random", n=4), 0, lambda e: 1, curriculum=cur, model=model,
                 tokenizer=tok, max_len=MAX_LEN, progress=False)
     assert all("loss" in e.meta for e in p.train)
+
+
+def test_driver_prescores_every_searched_model_based_level(model_tok, cache):
+    # A strategy grid whose base level is random: the driver must still score the IFD level once, so
+    # trials find the cache ready instead of each scoring the same examples.
+    from harness.config import SweepConfig
+    from harness.sweep import needs_model, prescore
+
+    model, tok = model_tok
+    cfg = SweepConfig.model_validate({
+        "name": "t", "data": {"train": "alpaca/alpaca_en_demo.json", "eval_size": 2},
+        "selection": {"strategy": "random", "n": 3, "score_pool": 5, "score_max_len": MAX_LEN},
+        "train": {"max_seq_len": MAX_LEN},
+        "search": {"algorithm": "grid", "space": {"selection.strategy": {"grid": ["random", "ifd"]}}},
+    })
+    assert needs_model(cfg)
+    assert prescore(cfg, tok, model) == 1  # only the ifd level needs the model
+    lines = [line for f in cache.glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert len(lines) == 5  # the fixed scoring sample, scored once
+    assert prescore(cfg, tok, model) == 1 and len(
+        [line for f in cache.glob("*.jsonl") for line in f.read_text().splitlines()]) == 5  # cached: no rescoring

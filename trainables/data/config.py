@@ -35,6 +35,8 @@ class DataConfig(Strict):
         "normalized", description="exact: identical conversations; normalized: also same prompt up to case/space/punct."
     )
     decontaminate: list[str] = Field(default_factory=list, description="evaluation files whose prompts are removed")
+    decontaminate_eval: bool = Field(
+        True, description="also decontaminate against the sweep's own eval sets (eval.perplexity, eval.generate.data)")
     ngram: int = Field(13, ge=0, description="decontamination word n-gram (CJK: characters); 0 = exact match only")
 
     @field_validator("dedup", mode="before")

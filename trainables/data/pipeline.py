@@ -61,19 +61,23 @@ def load_pool(data: DataConfig) -> Pool:
         pool += examples
         reports.append(report)
     pool, removed = dedup(pool, data.dedup)
-    pool, dropped = decontaminate(pool, data.decontaminate, data.ngram)
-    removed.update(dropped)
     if data.eval:
         held = load_examples(data.eval, data.format, field_name="data.eval", fields=data.fields,
                              split=data.hf_split, max_bad_fraction=data.max_bad_fraction)
-        return Pool(pool, held, removed, reports)
-    if len(pool) <= data.eval_size:
-        raise ValueError(f"data.eval_size: {data.eval_size} leaves no training pool ({len(pool)} rows in {data.train})")
-    order = list(range(len(pool)))
-    random.Random(data.split_seed).shuffle(order)
-    held = set(order[: data.eval_size])
-    return Pool([e for i, e in enumerate(pool) if i not in held], [pool[i] for i in order[: data.eval_size]],
-                removed, reports)
+    else:
+        if len(pool) <= data.eval_size:
+            raise ValueError(f"data.eval_size: {data.eval_size} leaves no training pool "
+                             f"({len(pool)} rows in {data.train})")
+        order = list(range(len(pool)))
+        random.Random(data.split_seed).shuffle(order)
+        held_idx = set(order[: data.eval_size])
+        held = [pool[i] for i in order[: data.eval_size]]
+        pool = [e for i, e in enumerate(pool) if i not in held_idx]
+    # Decontamination comes after the split and touches only the training pool: the held-out rows stay
+    # the same whichever evaluation sets a sweep uses, so eval_loss compares across sweeps.
+    pool, dropped = decontaminate(pool, data.decontaminate, data.ngram)
+    removed.update(dropped)
+    return Pool(pool, held, removed, reports)
 
 
 def data_problems(data: DataConfig) -> list[str]:
