@@ -127,3 +127,16 @@ def test_hub_id_errors_clearly_offline(monkeypatch):
     with pytest.raises(DataNotFound) as e:
         load_examples("hf:tatsu-lab/alpaca")
     assert "tatsu-lab/alpaca" in str(e.value) and "local path" in str(e.value)
+
+
+def test_broken_json_array_and_single_object_fail_with_the_place(tmp_path, data_file):
+    text = data_file("alpaca/alpaca_en_demo.json").read_text(encoding="utf-8")
+    broken = tmp_path / "broken.json"
+    broken.write_text(text[:2000].rstrip().rstrip(",") + ",\n  {oops}\n]", encoding="utf-8")
+    with pytest.raises(BadRows) as e:
+        load_examples(str(broken))
+    assert str(e.value).startswith(f"{broken}: not valid JSON at line ") and "column" in str(e.value)
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps({"data": _alpaca_rows(data_file, 3)}, indent=2), encoding="utf-8")
+    with pytest.raises(BadRows, match="holds one JSON object \\(keys data\\), not a list of rows"):
+        load_examples(str(single))

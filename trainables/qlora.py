@@ -114,7 +114,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     from harness.config import SweepConfig
     from harness.space import resolve
     from trainables.data.curriculum import CURRICULA
-    from trainables.data.pipeline import prepare
+    from trainables.data.pipeline import prepare, subset_stats
     from trainables.models import bf16_supported, load_model
 
     cfg = SweepConfig.model_validate(resolve(base, params, SweepConfig.model_validate(base).search.space))
@@ -159,6 +159,8 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     evals = [encoded(e) for e in prep.eval if any(y != IGNORE for y in encoded(e)[1][1:])]
     if not train or not evals:
         raise ValueError(f"train.max_seq_len: {tc.max_seq_len} truncates every response away; raise it")
+    if len(train) < len(prep.train):  # the recorded subset is the one that trains
+        prep.stats.update(subset_stats(train, n_tokens), dropped_prompt_too_long=len(prep.train) - len(train))
     atomic_write_text(trial_dir / "selected_ids.json", json.dumps([e.id for e in train]))
     lengths = [n_tokens(e) for e in train]
     plan = CURRICULA.get(cfg.curriculum.order)(train, cfg.curriculum, tc.epochs, tc.seed, lengths)

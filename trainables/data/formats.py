@@ -167,8 +167,22 @@ class _Unparsable:
 
 
 def _json_rows(text: str) -> list[Any]:
-    if text.lstrip().startswith("["):
-        return json.loads(text)
+    """A JSON array, or JSON lines. BadRows (naming line and column) for an array that does not parse,
+    and for one pretty-printed object, which would otherwise turn into hundreds of 'bad rows'."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BadRows(f"not valid JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the file") from None
+    if stripped.startswith("{") and "\n" in stripped.strip():
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            keys = ", ".join(list(whole)[:5])
+            raise BadRows(f"holds one JSON object (keys {keys}), not a list of rows; give a JSON array or JSON lines")
     rows: list[Any] = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -182,7 +196,7 @@ def _json_rows(text: str) -> list[Any]:
 def read_rows(path: Path) -> list[dict]:
     """json (array) or jsonl (also a .json file that holds JSON lines). A bad JSON line is an error here;
     load_examples() counts it as a bad row instead."""
-    rows = _json_rows(Path(path).read_text(encoding="utf-8"))
+    rows = read_any(Path(path))
     bad = next((r for r in rows if isinstance(r, _Unparsable)), None)
     if bad is not None:
         raise ValueError(f"{path}: {bad.error}")
@@ -208,7 +222,10 @@ def read_any(path: Path) -> list[Any]:
         return _csv_rows(path)
     if suffix == ".parquet":
         return _parquet_rows(path)
-    return _json_rows(path.read_text(encoding="utf-8"))
+    try:
+        return _json_rows(path.read_text(encoding="utf-8"))
+    except BadRows as e:
+        raise BadRows(f"{path}: {e}") from None
 
 
 _HF_PREFIX = "hf:"
