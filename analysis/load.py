@@ -22,7 +22,10 @@ TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
 COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
 # Names evaluators produce besides the training metrics (trainables/evaluate/*): kept as metrics.
 # Narrow on purpose: results.csv also carries subset statistics (mean_score, pool_rows, ...).
-EVAL_PREFIXES = ("ppl_", "mcq_", "judge_", "gen_")
+EVAL_PREFIXES = ("ppl_", "loss_", "mcq_", "judge_", "gen_")
+# ... but not the cost and count columns those evaluators also write.
+NOT_METRIC_SUFFIXES = ("_seconds", "_cost_usd", "_tokens", "_n", "_requests", "_errors", "_failures", "_cache_hits",
+                       "_empty")
 SEED_PATH = "train.seed"
 
 
@@ -120,6 +123,8 @@ class Sweep:
 
 
 def _is_metric(col: str) -> bool:
+    if col.endswith(NOT_METRIC_SUFFIXES):
+        return False
     return col in TRAIN_METRICS or col.startswith(EVAL_PREFIXES) or col.endswith("_acc")
 
 

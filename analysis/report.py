@@ -48,9 +48,10 @@ class Analysed:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def analyse(sweep: Sweep, fig_dir: Path, prefix: str, baseline: dict[str, Any] | None) -> Analysed:
-    abl = ablation(sweep, baseline)
-    sens = sensitivity(sweep, fig_dir, prefix)
+def analyse(sweep: Sweep, fig_dir: Path, prefix: str, baseline: dict[str, Any] | None,
+            test: str = "welch", pair: tuple[str, str] | None = None) -> Analysed:
+    abl = ablation(sweep, baseline, method=test)
+    sens = sensitivity(sweep, fig_dir, prefix, pair=pair)
     figs = list(sens.figures)
     lc = curves.learning_curves(sweep, fig_dir / f"{prefix}learning_curves.png")
     pf, front = curves.pareto(sweep, fig_dir / f"{prefix}pareto.png")
@@ -314,12 +315,14 @@ def _cpus() -> int:
 
 
 def write_report(run_dirs: list[Path], out_dir: Path | None = None, baseline: dict | None = None, *,
-                 wandb: bool | None = None) -> Path:
+                 wandb: bool | None = None, test: str = "welch", pair: tuple[str, str] | None = None) -> Path:
     """Write <out_dir>/report.md (+ tables/, figures/) for one or more sweep dirs; return its path.
 
     out_dir defaults to <first run dir>/report. baseline maps a dotted factor to its baseline
     level ({"lora.r": 8}); by default the configured value in sweep.yaml, else the first level.
     wandb: None follows each sweep's wandb.enabled; False never logs.
+    test: "welch" (Welch's t) or "bootstrap" for the ablation's differences to the baseline.
+    pair: the two parameters of the interaction heat map (default: the two most important).
     """
     import matplotlib
 
@@ -336,7 +339,8 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None, baseline: di
     multi = len(sweeps) > 1
     names = [s.name for s in sweeps]
     items = [analyse(s, fig_dir, f"{render.slug(s.name)}_" if multi and names.count(s.name) == 1 else
-                     (f"{render.slug(s.name)}{i}_" if multi else ""), baseline) for i, s in enumerate(sweeps)]
+                     (f"{render.slug(s.name)}{i}_" if multi else ""), baseline, test, pair)
+             for i, s in enumerate(sweeps)]
 
     doc = Doc(out_dir)
     doc.add(f"# Sweep report: {', '.join(names)}", "")
@@ -409,11 +413,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
                     help="baseline level of a factor, e.g. lora.r=8 (repeatable)")
     ap.add_argument("--no-wandb", action="store_true", help="do not log to W&B even if the sweep enabled it")
+    ap.add_argument("--test", choices=["welch", "bootstrap"], default="welch",
+                    help="significance test of each level against the baseline (bootstrap: few seeds, non-normal)")
+    ap.add_argument("--pair", metavar="A,B", help="parameters of the interaction heat map, e.g. lora.r,train.lr")
     args = ap.parse_args(argv)
+    pair = tuple(p.strip() for p in args.pair.split(",")) if args.pair else None
+    if pair is not None and len(pair) != 2:
+        print(f"error: --pair: give two dotted parameters separated by a comma (got {args.pair!r})", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         path = write_report(args.run_dirs, args.out, parse_baseline(args.baseline),
-                            wandb=False if args.no_wandb else None)
+                            wandb=False if args.no_wandb else None, test=args.test, pair=pair)  # type: ignore[arg-type]
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -441,3 +441,18 @@ def test_module_runs_as_script(tmp_path: Path):
                        timeout=300, cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (run / "report" / "report.md").exists()
+
+
+def test_cli_bootstrap_test_and_chosen_heatmap_pair(tmp_path: Path):
+    import pandas as pd
+
+    from analysis.report import main
+
+    run = write_simulated_sweep(tmp_path, "grid")  # 3 seeds per rank level: the bootstrap applies
+    out = tmp_path / "boot"
+    assert main([str(run), "--out", str(out), "--test", "bootstrap", "--pair", "lora.r,train.seed"]) == 0
+    abl = pd.read_csv(out / "tables" / "ablation_lora_r.csv")
+    compared = abl[~abl["level"].astype(str).str.contains("baseline")]
+    assert len(compared) == 2 and set(compared["test"]) == {"bootstrap"}
+    assert (out / "figures" / "interaction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(run), "--pair", "lora.r"]) == 2  # one name is not a pair
