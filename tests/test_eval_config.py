@@ -79,3 +79,14 @@ def test_sweep_config_accepts_eval_metrics_and_searched_decoding():
     cfg, _ = load_sweep("sweeps/decoding.yaml")
     assert cfg.eval.only and cfg.search.metric in cfg.metrics()
     assert "eval.generate.temperature" in cfg.search.space
+
+
+def test_judge_cost_uses_known_list_prices_unless_given():
+    from trainables.evaluate.config import JudgeConfig
+
+    hosted = JudgeConfig(enabled=True, model="gpt-4o-mini")
+    assert (hosted.price_prompt_per_mtok, hosted.price_completion_per_mtok) == (0.15, 0.60)
+    local = JudgeConfig(enabled=True, model="judge", base_url="http://127.0.0.1:8080/v1")
+    assert (local.price_prompt_per_mtok, local.price_completion_per_mtok) == (0.0, 0.0)
+    mine = JudgeConfig(enabled=True, model="gpt-4o-mini", price_prompt_per_mtok=1.0)
+    assert (mine.price_prompt_per_mtok, mine.price_completion_per_mtok) == (1.0, 0.60)

@@ -119,6 +119,17 @@ class GenerateConfig(Strict):
         return None if v is None else _must_exist(v, "generate.data")
 
 
+# USD per 1M (prompt, completion) tokens of common judge models, for the cost estimate when the
+# sweep file names no price. Published list prices; set eval.judge.price_* to override.
+KNOWN_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-3.5-turbo": (0.50, 1.50),
+}
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -142,9 +153,19 @@ class JudgeConfig(Strict):
     timeout: float = Field(60.0, gt=0, description="seconds per request")
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=1)
-    price_prompt_per_mtok: float = Field(0.0, ge=0, description="USD per 1M prompt tokens (cost estimate)")
-    price_completion_per_mtok: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+    price_prompt_per_mtok: float | None = Field(
+        None, ge=0, description="USD per 1M prompt tokens (cost estimate); default: KNOWN_PRICES[model], else 0")
+    price_completion_per_mtok: float | None = Field(None, ge=0, description="USD per 1M completion tokens")
     cache: bool = Field(True, description="reuse replies cached under cache_dir('judge')")
+
+    @model_validator(mode="after")
+    def _known_prices(self) -> JudgeConfig:
+        known = KNOWN_PRICES.get(self.model, (0.0, 0.0))  # a local judge (llama.cpp, vLLM) costs nothing
+        if self.price_prompt_per_mtok is None:
+            self.price_prompt_per_mtok = known[0]
+        if self.price_completion_per_mtok is None:
+            self.price_completion_per_mtok = known[1]
+        return self
 
     @field_validator("api_key_env")
     @classmethod
