@@ -3,9 +3,8 @@ computation here; offsets and token budgets behave the same for every strategy."
 
 from __future__ import annotations
 
-import re
-
 import random
+import re
 
 import numpy as np
 import pytest
