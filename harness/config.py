@@ -11,6 +11,8 @@ import builtins
 import copy
 import difflib
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +26,9 @@ from trainables.evaluate.config import EvalConfig
 class ConfigError(ValueError):
     """One or more problems, each a line naming the field and the fix. The CLI exits 2 on it."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], raw: dict | None = None):
         self.problems = problems
+        self.raw = raw  # the sweep as read (after overrides), for checks of the sections that are valid
         super().__init__("\n".join(problems))
 
 
@@ -125,6 +128,19 @@ class RayConfig(Strict):
     address: str | None = Field(None, description="existing cluster ('auto', 'ray://h:p'); else RAY_ADDRESS or local")
 
 
+class RecoveryConfig(Strict):
+    """What a sweep does about failures: retries of a failing trial, checkpoints kept for resuming."""
+
+    max_failures: int = Field(
+        1, ge=0, le=100,
+        description="retries of a failing trial (from its last checkpoint) before it is recorded as ERROR; "
+                    "a NaN loss is never retried (it would only come back)")
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000,
+        description="checkpoints kept per trial: the best k by eval_loss (or a training search.metric), "
+                    "plus always the latest; older ones are deleted so disk use stays bounded")
+
+
 class OutputConfig(Strict):
     dir: str = Field("runs", description="sweeps land in <dir>/<name>/")
     save_adapter: bool = True
@@ -155,6 +171,7 @@ class SweepConfig(Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     output: OutputConfig = OutputConfig()
     wandb: WandbConfig = WandbConfig()
 
@@ -199,23 +216,76 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+_PLAIN_TYPES = {"str", "int", "float", "bool", "dict", "list", "none"}
+NO_ECHO = ("api_key_env", "base_url")  # their refused values are not repeated in the error
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names the branches of a union in the location: list[str], literal['all-linear'], ...
+    return isinstance(part, str) and (part.startswith("function-") or "[" in part or "(" in part)
+
+
+def _union_branches(errors: list[dict]) -> set[tuple]:
+    """Locations of the failed branches of a union: `data.train` = str | list[str] fails as both
+    ('data', 'train', 'str') and ('data', 'train', 'list[str]'); such pairs become one line."""
+    tails: dict[tuple, int] = {}
+    for e in errors:
+        loc = e["loc"]
+        if loc and isinstance(loc[-1], str) and (loc[-1] in _PLAIN_TYPES or _is_union_tag(loc[-1])):
+            tails[loc[:-1]] = tails.get(loc[:-1], 0) + 1
+    return {e["loc"] for e in errors if tails.get(e["loc"][:-1], 0) > 1 or
+            any(_is_union_tag(p) and not p.startswith("function-") for p in e["loc"])}
+
+
 def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
-    lines = []
+    lines: list[str] = []
+    union: dict[str, list[str]] = {}  # path -> what each branch of a union wanted (one line for all)
+    branches = _union_branches(err.errors())
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        tagged = e["loc"] in branches
+        loc = tuple(p for p in e["loc"] if not _is_union_tag(p))
+        if tagged and loc and loc[-1] in _PLAIN_TYPES:
+            loc = loc[:-1]
         path = prefix + ".".join(str(p) for p in loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        said = isinstance(got, (dict, list)) or got is None or (isinstance(got, str) and repr(got) in msg)
+        said = said or (e["type"] == "value_error" and path.endswith(NO_ECHO))  # may hold a pasted key
+        shown = "" if said else f" (got {got!r})"
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc[:-1])
-            hint = _suggest(str(loc[-1]), list(owner.model_fields)) if owner else ""
+            key = str(loc[-1])
+            hint = _suggest(key, list(owner.model_fields)) if owner else ""
+            if ":" in key:  # YAML read 'tie:lora.r' as one key: flow style needs 'key: value'
+                hint = f"; write '{key.split(':', 1)[0]}: {key.split(':', 1)[1]}' with a space after the colon"
             lines.append(f"{path}: unknown key{hint}")
         elif e["type"] == "missing":
             lines.append(f"{path}: required; add it to the sweep file")
+        elif tagged:
+            if path not in union:
+                union[path] = []
+                lines.append(path)  # placeholder, filled in below, keeps the order of problems
+            union[path].append(msg.removeprefix("Input should be ") + "\0" + shown)
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            got = e.get("input")
-            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
             lines.append(f"{path or '<root>'}: {msg}{shown}")
+    for path, wants in union.items():
+        shown = wants[0].split("\0")[1]
+        joined = " or ".join(w.split("\0")[0] for w in wants)
+        lines[lines.index(path)] = f"{path}: Input should be {joined}{shown}"
     return lines
+
+
+# PyYAML (YAML 1.1) reads 1e-4, 1e5 and 1.0e12 as strings: its floats need a dot and a signed exponent.
+_EXPONENT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _yaml11_floats(value: Any) -> Any:
+    """1e5 -> 100000.0 everywhere in a loaded document (users mean numbers; grid levels must sort)."""
+    if isinstance(value, dict):
+        return {k: _yaml11_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml11_floats(v) for v in value]
+    return float(value) if isinstance(value, str) and _EXPONENT.match(value) else value
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -226,12 +296,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; users mean a number
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    return key.strip(), value
+    return key.strip(), _yaml11_floats(value)
 
 
 def set_dotted(d: dict, path: str, value: Any) -> None:
@@ -294,12 +359,44 @@ def _check_space(cfg: SweepConfig, raw: dict) -> list[str]:
     return problems
 
 
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+def judge_key_problems(eval_cfg: EvalConfig, judge_searched: bool = False) -> list[str]:
+    """A hosted judge without its key would fail every request at the end of every trial: say so now.
+    Servers on this machine (llama.cpp, vLLM) accept any key, so they need none."""
+    from urllib.parse import urlparse
+
+    judge = eval_cfg.judge
+    host = urlparse(judge.base_url).hostname or ""
+    if not (judge.enabled or judge_searched) or host in LOOPBACK or host.startswith("127."):
+        return []
+    if os.environ.get(judge.api_key_env):
+        return []
+    return [f"eval.judge.api_key_env: the judge at {judge.base_url} needs an API key but {judge.api_key_env} "
+            f"is not set; export {judge.api_key_env}=... (any value for a server without keys)"]
+
+
+def gpu_problems(resources: ResourcesConfig, ray_address: str | None) -> list[str]:
+    """GPUs asked for on a machine without any (a cluster given by address may have them)."""
+    if resources.gpus_per_trial <= 0 or ray_address is not None:
+        return []
+    try:
+        import torch
+    except ImportError:
+        return []
+    if torch.cuda.is_available():
+        return []
+    return ["resources.gpus_per_trial: GPUs requested but this machine has none; set it to 0"]
+
+
 def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
     problems = _check_space(cfg, raw)
-    if cfg.search.metric not in cfg.metrics():
+    known_metric = cfg.search.metric in cfg.metrics()
+    if not known_metric:
         problems.append(f"search.metric: {cfg.search.metric!r} is produced by no configured evaluation; "
                         f"choose one of: {', '.join(cfg.metrics())}")
-    if cfg.scheduler.type != "fifo" and cfg.search.metric not in TRAIN_METRICS:
+    if cfg.scheduler.type != "fifo" and known_metric and cfg.search.metric not in TRAIN_METRICS:
         problems.append(f"scheduler.type: {cfg.scheduler.type} stops trials on intermediate reports, but "
                         f"{cfg.search.metric!r} is only measured at the end of a trial; use scheduler.type: fifo "
                         "or search.metric: eval_loss")
@@ -307,14 +404,8 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.type} needs more reports than grace_period "
                         f"({cfg.reports_per_trial} = train.epochs x train.evals_per_epoch); raise evals_per_epoch "
                         "or use scheduler.type: fifo")
-    if cfg.resources.gpus_per_trial > 0 and cfg.ray.address is None:
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                problems.append("resources.gpus_per_trial: GPUs requested but this machine has none; set it to 0")
-        except ImportError:
-            pass
+    problems += gpu_problems(cfg.resources, cfg.ray.address)
+    problems += judge_key_problems(cfg.eval, "eval.judge.enabled" in cfg.search.space)
     cur = cfg.curriculum
     if cur.order == "staged" and cur.epochs_per_stage and cur.epochs_per_stage * cur.stages > cfg.train.epochs:
         problems.append(f"curriculum.epochs_per_stage: {cur.stages} stages x {cur.epochs_per_stage} epochs exceed "
@@ -337,6 +428,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise ConfigError([f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections (name, model, train, ...)"])
+    raw = _yaml11_floats(raw)
     raw.setdefault("name", path.stem)
     for item in overrides:
         key, value = parse_override(item)
@@ -344,8 +436,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     try:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_errors(e)) from None
+        raise ConfigError(format_errors(e), raw) from None
     problems = cross_checks(cfg, raw)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, raw)
     return cfg, raw

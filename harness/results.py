@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +20,51 @@ import yaml
 from ray import tune
 
 from trainables.paths import atomic_write_text
+from trainables.secrets import redact
 
-LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed"]
+LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures"]
 TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
 COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
 # Reported every time but not worth a results column (they are in metrics.jsonl).
-HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s"}
+HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report"}
 # Per-report values worth keeping in metrics.jsonl.
-HISTORY_KEYS = ["training_iteration", "step", "epoch", "tokens_seen", "eval_loss", "train_loss",
-                "tokens_per_second", "lr", "time_total_s", "train_seconds"]
+HISTORY_KEYS = ["report", "training_iteration", "step", "epoch", "tokens_seen", "eval_loss", "train_loss",
+                "tokens_per_second", "lr", "time_total_s", "train_seconds", "rss_mb", "peak_rss_mb", "pid",
+                "timestamp"]
 
 
-def _short_error(trial: Any) -> str:
+# "ValueError: ...", "ray.exceptions.RayTaskError(FloatingPointError): ...", "torch.OutOfMemoryError: ..."
+_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?:\((\w+)\))?:")
+_FRAME = re.compile(r'^File "([^"]+)", line (\d+), in (\S+)')
+
+
+def error_summary(text: str) -> tuple[str, str]:
+    """(error type, one-line summary) of a traceback: the exception line with the lines of message
+    that follow it, then where it was raised, e.g.
+    ('FloatingPointError', 'FloatingPointError: loss became NaN ... (at qlora.py:221 in train_trial)')."""
+    lines = [ln.strip() for ln in text.strip().splitlines()]
+    lines = [ln for ln in lines if ln and set(ln) - set("^~ ")]  # drop blanks and caret markers
+    at = next((i for i in range(len(lines) - 1, -1, -1) if _EXC_LINE.match(lines[i])), None)
+    if at is None:
+        return "", " | ".join(lines[-3:])[:500]
+    m = _EXC_LINE.match(lines[at])
+    kind = m.group(2) or m.group(1)
+    message = " | ".join(lines[at : at + 4])
+    frames = [f for f in (_FRAME.match(ln) for ln in lines[:at]) if f]
+    where = f" (at {Path(frames[-1].group(1)).name}:{frames[-1].group(2)} in {frames[-1].group(3)})" if frames else ""
+    return kind, (message[: 500 - len(where)] + where)
+
+
+def _trial_error(trial: Any) -> tuple[str, str]:
     path = getattr(trial, "error_file", None)
     if not path or not Path(path).exists():
-        return ""
-    lines = [ln for ln in Path(path).read_text(errors="replace").strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+        return "", ""
+    return error_summary(Path(path).read_text(errors="replace"))
+
+
+def _failures(trial: Any) -> int:
+    meta = getattr(trial, "run_metadata", None)
+    return int(getattr(meta, "num_failures", 0) or 0)
 
 
 def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
@@ -43,21 +72,29 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
     last = dict(trial.last_result or {})
     params = {**trial.config, **(ties or {})}
     status = trial.status
-    iterations = last.get("training_iteration", 0) or 0
-    stopped_early = status == "TERMINATED" and iterations < reports_per_trial
+    # Stopped early = ended before its last training step (the trial reports both; Ray's own
+    # training_iteration can lag behind the trial's reports after a resume).
+    if "total_steps" in last:
+        finished = last.get("step", 0) >= last["total_steps"]
+    else:
+        finished = (last.get("report", last.get("training_iteration", 0)) or 0) >= reports_per_trial
+    stopped_early = status == "TERMINATED" and not finished
     if stopped_early:
         status = "EARLY_STOPPED"
+    error_type, error = _trial_error(trial) if status == "ERROR" else ("", "")
     row: dict[str, Any] = {
         "trial_id": trial.trial_id, "status": status, "stopped_early": str(stopped_early).lower(),
-        "error": _short_error(trial) if status == "ERROR" else "", "node_id": last.get("node_id", ""),
+        "error": error, "node_id": last.get("node_id", ""),
         "seed": last.get("seed", trial.config.get("train.seed", "")),
+        "error_type": error_type, "failures": _failures(trial),
     }
     for path in searched:
         row[f"config/{path}"] = params.get(path, "")
     for key in TRAIN_METRICS + extra_metrics + COST:
         row[key] = last.get(key, "")
     for key, value in last.items():  # subset statistics, hygiene counts, load times...
-        if key not in row and key not in HISTORY_ONLY and isinstance(value, (int, float)) and not key.startswith(
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)  # not Ray's flags
+        if numeric and key not in row and key not in HISTORY_ONLY and not key.startswith(
             ("config/", "time_", "timestamp", "pid", "iterations_since", "done")
         ):
             row[key] = value
@@ -107,13 +144,20 @@ class ResultsWriter(tune.Callback):
 
         space = SweepConfig.model_validate(self.base).search.space
         full = resolve(self.base, trial.config, space)
-        atomic_write_text(self._trial_dir(trial) / "config.json", json.dumps(full, indent=2, default=str))
+        atomic_write_text(self._trial_dir(trial) / "config.json", redact(json.dumps(full, indent=2, default=str)))
         self.write(trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         entry = {k: result[k] for k in HISTORY_KEYS if k in result}
-        with open(self._trial_dir(trial) / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        path = self._trial_dir(trial) / "metrics.jsonl"
+        history = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+        if "report" in entry and result.get("resumed_from_report") == entry["report"] and any(
+                h.get("report") == entry["report"] for h in history):
+            self.write(trials)  # a finished trial resumed only to say its last report again
+            return
+        # A trial resumed from a checkpoint repeats the reports made after it: the new ones replace them.
+        history = [h for h in history if h.get("report", 0) < entry.get("report", math.inf)] + [entry]
+        atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
         self.write(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -122,7 +166,8 @@ class ResultsWriter(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Ray keeps the traceback in its session dir; keep a copy with the trial's other files.
         if trial.error_file and Path(trial.error_file).exists():
-            atomic_write_text(self._trial_dir(trial) / "error.txt", Path(trial.error_file).read_text(errors="replace"))
+            text = redact(Path(trial.error_file).read_text(errors="replace"))
+            atomic_write_text(self._trial_dir(trial) / "error.txt", text)
         self.write(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

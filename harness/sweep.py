@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import ConfigError, SweepConfig, load_sweep
+from harness.config import TRAIN_METRICS, ConfigError, SweepConfig, load_sweep
 from harness.space import grid_points, param_space
 
 EXIT_CONFIG = 2
@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3 lora.r=16")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output dir")
+    ap.add_argument("--retry-errored", action="store_true",
+                    help="with --resume: run failed trials again from their last checkpoint")
     ap.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: local")
     ap.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     return ap.parse_intermixed_args(argv)  # overrides may follow flags
@@ -67,18 +69,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- before Ray
 
 
+def existence_problems(data: Any, model_name: str) -> tuple[list[str], str | None]:
+    """Data files and the model must exist. Returns (problems, resolved model path)."""
+    from trainables.data.pipeline import data_problems
+    from trainables.models import ModelNotFound, resolve_model
+
+    problems = data_problems(data)
+    try:
+        return problems, resolve_model(model_name)  # converts and caches the embedded model once
+    except ModelNotFound as e:
+        return problems + [str(e)], None
+
+
+def section_problems(raw: dict | None) -> list[str]:
+    """The checks of the machine (data files, model, GPUs, judge key) for a sweep that failed validation,
+    on whichever of its sections are valid by themselves: all problems are reported in one run."""
+    from pydantic import BaseModel, ValidationError
+
+    from harness.config import (
+        EvalConfig,
+        ModelConfig,
+        RayConfig,
+        ResourcesConfig,
+        gpu_problems,
+        judge_key_problems,
+    )
+    from trainables.data.config import DataConfig
+
+    if not isinstance(raw, dict):
+        return []
+
+    def section(name: str, model: type[BaseModel]) -> Any:
+        try:
+            return model.model_validate(raw.get(name) or {})
+        except ValidationError:
+            return None
+
+    data, model, evals = section("data", DataConfig), section("model", ModelConfig), section("eval", EvalConfig)
+    resources, ray = section("resources", ResourcesConfig), section("ray", RayConfig)
+    problems = existence_problems(data, model.name)[0] if data and model else []
+    problems += gpu_problems(resources, ray.address) if resources and ray else []
+    space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
+    searched = isinstance(space, dict) and "eval.judge.enabled" in space
+    return problems + (judge_key_problems(evals, searched) if evals else [])
+
+
 def preflight(cfg: SweepConfig) -> Any:
     """Model and data must exist before anything starts. Returns the tokenizer (for the plan)."""
     from transformers import AutoTokenizer
 
-    from trainables.data.pipeline import data_problems
-    from trainables.models import ModelNotFound, resolve_model
-
-    problems = data_problems(cfg.data)
-    try:
-        model_path = resolve_model(cfg.model.name)  # converts and caches the embedded model once
-    except ModelNotFound as e:
-        problems.append(str(e))
+    problems, model_path = existence_problems(cfg.data, cfg.model.name)
     if problems:
         fail(problems)
     try:
@@ -108,6 +148,48 @@ def _levels(cfg: SweepConfig, path: str) -> list[Any]:
 
     p = cfg.search.space.get(path)
     return list(p.grid or p.choice or []) if p is not None else [get_dotted(cfg, path)]
+
+
+def planned_points(s: Any) -> list[dict[str, Any]]:
+    """The explicit trials of a grid (or of a space with grid entries only); [] for sampled searches."""
+    return grid_points(s) if s.algorithm == "grid" or all(p.kind in ("grid", "tie") for p in s.space.values()) else []
+
+
+def count_trials(s: Any) -> int:
+    points = planned_points(s)
+    return len(points) if points else s.num_samples * max(1, len(s.seeds) if s.algorithm == "random" else 1)
+
+
+def length_problems(cfg: SweepConfig, tokenizer: Any, train: list, held_out: list) -> list[str]:
+    """train.max_seq_len must leave room for the responses: a prompt that fills it is all the model sees
+    and no token is learnt (or scored). Fails when most examples lose their whole response at the
+    shortest searched max_seq_len; warns when some do."""
+    import statistics
+
+    from trainables.data.tokenize import IGNORE, encode
+
+    max_len = min(_levels(cfg, "train.max_seq_len"))
+
+    def prompt_len(e: Any) -> int:
+        labels = encode(tokenizer, e.messages, 10**9)[1]
+        return next((i for i, y in enumerate(labels) if y != IGNORE), len(labels))
+
+    problems = []
+    for what, examples in (("selected training examples", train), ("held-out examples", held_out)):
+        lengths = [prompt_len(e) for e in examples]
+        lost = [n for n in lengths if n + 1 >= max_len]  # the first response token must fit too
+        if not lost:
+            continue
+        line = (f"train.max_seq_len: {max_len} leaves no room for the response of {len(lost)} of {len(lengths)} "
+                f"{what} (prompts are {min(lengths)}-{max(lengths)} tokens, median "
+                f"{statistics.median(lengths):g})")
+        suggest = -(-(sorted(lengths)[int(0.9 * (len(lengths) - 1))] + 64) // 64) * 64
+        if 2 * len(lost) > len(lengths):
+            problems.append(f"{line}; raise it to at least {suggest}")
+        else:
+            print(f"warning: {line}; those examples are skipped (raise it to {suggest} to keep them)",
+                  file=sys.stderr)
+    return problems
 
 
 def prescore(cfg: SweepConfig, tokenizer: Any, model: Any) -> int:
@@ -157,17 +239,18 @@ def plan(cfg: SweepConfig, tokenizer: Any, model: Any = None) -> dict[str, Any]:
                        tokenizer=tokenizer, max_len=cfg.train.max_seq_len)
     except ValueError as e:
         fail([str(e)])
-    s = cfg.search
-    points = grid_points(s) if s.algorithm == "grid" or all(p.kind in ("grid", "tie") for p in s.space.values()) else []
-    n_trials = len(points) if points else s.num_samples * max(1, len(s.seeds) if s.algorithm == "random" else 1)
+    problems = length_problems(cfg, tokenizer, prep.train, prep.eval)
+    if problems:
+        fail(problems)
+    points = planned_points(cfg.search)
     per_epoch = prep.stats["train_tokens"]
     steps = -(-int(prep.stats["n_examples"]) // (cfg.train.batch_size * cfg.train.grad_accum))
     return {
-        "trials": n_trials, "grid": points, "examples": f"{prep.stats['n_examples']}{note}",
+        "trials": count_trials(cfg.search), "grid": points, "examples": f"{prep.stats['n_examples']}{note}",
         "tokens_per_epoch": per_epoch, "tokens_per_trial": per_epoch * cfg.train.epochs,
         "steps_per_epoch": steps, "reports_per_trial": cfg.reports_per_trial,
         "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
-        "concurrent": s.max_concurrent,
+        "concurrent": cfg.search.max_concurrent,
     }
 
 
@@ -183,32 +266,66 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
         print(f"  per trial: {p['examples']} examples, {p['tokens_per_epoch']} tokens/epoch x {cfg.train.epochs} "
               f"epochs = {p['tokens_per_trial']} tokens, {p['steps_per_epoch']} steps/epoch, {p['reports_per_trial']} reports")
     print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once; output {cfg.run_dir}")
+    print(f"  a failing trial is retried {cfg.recovery.max_failures} time(s) from its last checkpoint; "
+          f"{cfg.recovery.keep_checkpoints} best checkpoint(s) + the latest kept per trial")
     for i, point in enumerate(p["grid"]):
         print(f"  trial {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
 
 
-def check_run_dir(cfg: SweepConfig, resume: bool) -> None:
-    """Refuse to mix two different sweeps in one directory; offer --resume for an unfinished one."""
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def run_state(run_dir: Path) -> tuple[int, int]:
+    """(trials finished, trials recorded) in an earlier run's results.csv."""
+    rows = _read_rows(run_dir / "results.csv")
+    return sum(r.get("status") in ("TERMINATED", "EARLY_STOPPED", "ERROR") for r in rows), len(rows)
+
+
+def check_run_dir(cfg: SweepConfig, resume: bool, n_trials: int) -> bool:
+    """Refuse to mix two different sweeps in one directory; offer to resume an unfinished run of this
+    one (asked on a terminal, else named in the error). Returns whether to resume."""
     saved = cfg.run_dir / "sweep.yaml"
     if not saved.exists():
         if resume:
             fail([f"--resume: {cfg.run_dir} holds no sweep to resume; run without --resume"])
-        return
+        return False
     old = yaml.safe_load(saved.read_text()) or {}
     for key in META_KEYS:
         old.pop(key, None)
-    if old != cfg.model_dump(mode="json"):
-        fail([f"output.dir: {cfg.run_dir} holds a different sweep; pick another name= or output.dir=, "
-              "or delete that directory"])
-    if not resume:
-        fail([f"output.dir: {cfg.run_dir} already holds this sweep; add --resume to continue it, "
-              "or pick another name= to start afresh"])
+    new = cfg.model_dump(mode="json")
+    if old != new:
+        a, b = _flat(old), _flat(new)
+        keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        fail([f"output.dir: {cfg.run_dir} holds a different sweep (it differs in {shown}); pick another "
+              "name= or output.dir=, or delete that directory"
+              + ("; --resume needs the sweep file and overrides of the run it continues" if resume else "")])
+    if resume:
+        return True
+    done, recorded = run_state(cfg.run_dir)
+    if done >= max(n_trials, recorded) > 0:
+        fail([f"output.dir: {cfg.run_dir} already holds a finished run of this sweep ({done} trials); pick "
+              "another name= or output.dir= to run it again"])
+    if sys.stdin.isatty():
+        answer = input(f"{cfg.run_dir} holds an unfinished run of this sweep ({done} of {n_trials} trials "
+                       "finished). Resume it? [Y/n] ")
+        if answer.strip().lower() in ("", "y", "yes"):
+            return True
+    fail([f"output.dir: {cfg.run_dir} holds an unfinished run of this sweep ({done} of {n_trials} trials "
+          "finished); add --resume to continue it, or pick another name= to start afresh"])
+    return False
 
 
 # ----------------------------------------------------------------------------- Ray Tune
 
 
-def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool) -> Any:
+def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, retry_errored: bool = False) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
@@ -223,7 +340,10 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool) -> Any:
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
     if resume:
-        return tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_unfinished=True, resume_errored=True)
+        # Finished trials stay as they are; interrupted ones go on from their last checkpoint; failed ones
+        # already had their retries (recovery.max_failures) unless --retry-errored asks for more.
+        return tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_unfinished=True,
+                                  resume_errored=retry_errored)
 
     s, sc = cfg.search, cfg.scheduler
     search_alg = None
@@ -245,6 +365,8 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool) -> Any:
     else:
         scheduler = FIFOScheduler()
 
+    # Keep-best-k checkpoints by a metric every report carries (an end-of-trial metric would rank none).
+    score, order = (s.metric, s.mode) if s.metric in TRAIN_METRICS else ("eval_loss", "min")
     searched = list(s.space) + (["train.seed"] if len(s.seeds) > 1 else [])
     reporter = tune.CLIReporter(
         parameter_columns=[p for p in searched if p not in s.space or s.space[p].kind != "tie"],
@@ -266,7 +388,9 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool) -> Any:
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(run_dir), callbacks=callbacks, verbose=1, progress_reporter=reporter,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=cfg.recovery.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.recovery.keep_checkpoints,
+                                                    checkpoint_score_attribute=score, checkpoint_score_order=order),
         ),
     )
 
@@ -276,6 +400,10 @@ def _quiet_env(cfg: SweepConfig) -> None:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table honours our choice of columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our ResultsWriter replaces them
+    # Ray's memory monitor kills a worker when the node runs low; Tune (2.60) does not expect that error
+    # and the whole sweep dies with it. Without the monitor the kernel's OOM killer picks a trial worker
+    # (Ray gives them oom_score_adj 1000): a failed trial, retried and recorded like any other.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     if cfg.wandb.enabled:
         os.environ["WANDB_MODE"] = cfg.wandb.mode  # Ray asks for an API key unless offline
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -320,12 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, _ = load_sweep(args.sweep_file, overrides)
     except ConfigError as e:
-        fail(e.problems)
+        fail(list(dict.fromkeys(e.problems + section_problems(e.raw))))  # cross_checks ran some already
     tokenizer = preflight(cfg)
     if args.dry_run:
         print_plan(cfg, plan(cfg, tokenizer))
         return 0
-    check_run_dir(cfg, args.resume)
+    resume = check_run_dir(cfg, args.resume, count_trials(cfg.search))
     model = None
     if needs_model(cfg):
         from trainables.models import load_model
@@ -342,11 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     base = cfg.model_dump(mode="json")
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
+    if resume:
+        resume = _prepare_resume(run_dir / "tune")
+    else:
         from trainables.paths import atomic_write_text
+        from trainables.secrets import redact
 
         meta = run_metadata(argv if argv is not None else sys.argv[1:])
-        atomic_write_text(run_dir / "sweep.yaml", yaml.safe_dump({**base, **meta}, sort_keys=False))
+        text = yaml.safe_dump({**base, **meta}, sort_keys=False)
+        atomic_write_text(run_dir / "sweep.yaml", redact(text, (cfg.eval.judge.api_key_env,)))
 
     _quiet_env(cfg)
     import ray
@@ -355,8 +487,21 @@ def main(argv: list[str] | None = None) -> int:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
     t0 = time.perf_counter()
-    tuner = build_tuner(cfg, base, args.resume)
-    tuner.fit()
+    tuner = build_tuner(cfg, base, resume, args.retry_errored)
+    try:
+        tuner.fit()
+    except Exception:  # Ray Tune itself broke (a trial's failure never gets here): keep what is done
+        import traceback
+
+        from trainables.paths import atomic_write_text
+        from trainables.secrets import redact
+
+        atomic_write_text(run_dir / "driver_error.txt", redact(traceback.format_exc()))
+        again = run_metadata(argv if argv is not None else sys.argv[1:])["command"]
+        print(f"error: the sweep stopped ({traceback.format_exc().strip().splitlines()[-1][:200]}); finished "
+              f"trials are in {run_dir / 'results.csv'}, the traceback in {run_dir / 'driver_error.txt'}; "
+              f"continue with: {again}{'' if '--resume' in again else ' --resume'}", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - t0
     del tuner  # drop the W&B callback while the interpreter is whole (its __del__ needs ray)
     from harness.results import write_best
@@ -372,6 +517,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: every trial failed; see the error column of {run_dir / 'results.csv'}", file=sys.stderr)
         return 1
     return 0
+
+
+def _prepare_resume(tune_dir: Path) -> bool:
+    """Repair what a kill left in Ray's state (harness/resume.py); False when there is nothing to
+    restore yet (killed before Ray saved its first state): the sweep then starts in the same directory."""
+    from ray import tune
+
+    from harness.resume import ResumeError, repair
+
+    try:
+        notes = repair(tune_dir)
+    except ResumeError as e:
+        fail([str(e)])
+    for note in notes:
+        print(f"resume: {note}")
+    if not tune.Tuner.can_restore(str(tune_dir)):
+        print(f"resume: no trial state saved in {tune_dir} yet; starting the sweep")
+        return False
+    return True
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

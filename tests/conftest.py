@@ -37,10 +37,19 @@ def data_file():
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fake keys in the environment of every test sweep: tests/test_reliability.py checks that none of them
+# reaches any file a sweep writes (results, configs, logs, W&B runs, report).
+PLANTED_SECRETS = {
+    "OPENAI_API_KEY": "sk-planted-openai-4d1f0c9e7b2a58e3",
+    "WANDB_API_KEY": "planted0wandb0key0a8f3e2d9c1b7a6e5f4d3c2b1a09",
+    "HF_TOKEN": "hf_plantedHuggingFaceToken7c3e9a1f",
+}
+
 
 def run_sweep(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python -m harness.sweep ARGS` in a subprocess, W&B offline, as a user would run it."""
-    env = {**os.environ, "WANDB_MODE": "offline", "RAY_DEDUP_LOGS": "0"}
+    """`python -m harness.sweep ARGS` in a subprocess, W&B offline, as a user would run it (with the
+    planted fake API keys in its environment)."""
+    env = {**os.environ, **PLANTED_SECRETS, "WANDB_MODE": "offline", "RAY_DEDUP_LOGS": "0"}
     return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -125,6 +125,9 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     ctx = tune.get_context()
     trial_dir = Path(run_dir) / "trials" / ctx.get_trial_id()
     trial_dir.mkdir(parents=True, exist_ok=True)
+    nan_marker = trial_dir / "nan_loss.txt"
+    if nan_marker.exists():  # a retry would train into the same NaN again: fail at once, same message
+        raise FloatingPointError(nan_marker.read_text(encoding="utf-8"))
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))
     seed_everything(tc.seed)
 
@@ -181,9 +184,9 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     )
     scheduler = get_scheduler(tc.scheduler, optimizer, round(tc.warmup_ratio * total_steps), total_steps)
 
-    step, tokens_seen, train_seconds, best = 0, 0, 0.0, math.inf
+    step, tokens_seen, train_seconds, best, resumed = 0, 0, 0.0, math.inf, {}
     checkpoint = tune.get_checkpoint()
-    if checkpoint:  # resume an interrupted trial where its last report left it
+    if checkpoint:  # a retry or a resumed sweep: continue where the last report left off
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
@@ -191,10 +194,14 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         scheduler.load_state_dict(state["scheduler"])
         step, tokens_seen, train_seconds, best = state["step"], state["tokens_seen"], state["train_seconds"], state["best"]
         torch.set_rng_state(state["rng"])
+        resumed = {"resumed_from_report": state["metrics"]["report"]}
+        if step >= total_steps:  # finished before the driver died: say so again, nothing to train
+            tune.report({**state["metrics"], **resumed, **_memory(device)})
+            return
 
     static = {
         **prep.stats, "trainable_params": trainable_params, "seed": tc.seed, "total_steps": total_steps,
-        "node_id": ray_node_id(), **load_times,
+        "node_id": ray_node_id(), **load_times, **resumed,
     }
 
     # 4. Train: accumulate, step, and at each report point evaluate + checkpoint ---------------
@@ -222,10 +229,12 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         train_seconds += elapsed
         eval_loss = mean_loss(model, evals, tc.batch_size * 2, tokenizer.pad_token_id, device, autocast)
         if not math.isfinite(eval_loss) or not math.isfinite(window_loss):
-            raise FloatingPointError(f"loss became NaN/inf at step {step}; lower train.lr")
+            message = f"loss became NaN/inf at step {step}; lower train.lr"
+            atomic_write_text(nan_marker, message)
+            raise FloatingPointError(message)
         best = min(best, eval_loss)
         metrics = {
-            **static,
+            **static, **_memory(device), "report": sorted(reports_at).index(step) + 1,
             "step": step, "epoch": step / total_steps * tc.epochs, "tokens_seen": tokens_seen,
             "train_loss": window_loss / max(window_tokens, 1), "eval_loss": eval_loss, "best_eval_loss": best,
             "eval_perplexity": math.exp(min(eval_loss, 50)), "lr": scheduler.get_last_lr()[0],
@@ -239,10 +248,24 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
             torch.save({
                 "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
-                "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(),
+                "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(), "metrics": metrics,
             }, Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+
+
+def _memory(device: str) -> dict[str, float]:
+    """This worker's memory, reported with every result: rss_mb now, peak_rss_mb (and peak_gpu_mb on a
+    GPU) since the worker started. Each trial has its own worker, so these are per trial."""
+    import resource
+
+    import psutil
+
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    out = {"rss_mb": psutil.Process().memory_info().rss / 2**20, "peak_rss_mb": peak_kb / 1024}
+    if device == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def ray_node_id() -> str:

@@ -175,6 +175,16 @@ class JudgeConfig(Strict):
             raise ValueError("give the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
         return v
 
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        from urllib.parse import urlparse
+
+        # user:password@host would be saved with the config: credentials go in the api_key_env variable.
+        if urlparse(v).username or urlparse(v).password:
+            raise ValueError("no user:password in the URL; put the key in the variable named by api_key_env")
+        return v
+
     @field_validator("template")
     @classmethod
     def _template(cls, v: str | None) -> str | None:

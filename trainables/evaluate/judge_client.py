@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainables.paths import atomic_write_text, cache_dir
+from trainables.secrets import redact
 
 if TYPE_CHECKING:
     from trainables.evaluate.config import JudgeConfig
@@ -108,7 +109,7 @@ class JudgeClient:
             try:
                 text, p_tok, c_tok = self._call(messages)
             except Exception as exc:  # every failure is recorded; none may stop the trial
-                error = _short(exc)
+                error = redact(_short(exc), (self.cfg.api_key_env,))  # a server may echo what it was sent
                 if _fatal(exc) or attempt == self.cfg.max_retries:
                     return Reply(None, error=error, attempts=attempt + 1)
                 delay = min(self.cfg.backoff * 2**attempt, self.cfg.backoff_max)

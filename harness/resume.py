@@ -1,0 +1,112 @@
+"""Make a killed sweep's Ray Tune state resumable before `Tuner.restore` reads it.
+
+Ray Tune (2.60) writes the experiment state (trial list, each trial's latest checkpoint, the searcher)
+to a staging directory and copies it into runs/<name>/tune/ in the background, every few seconds.
+Measured on a smoke sweep (polling the copy every 50 ms), a `kill -9` of the driver can find it:
+  - pointing at a checkpoint that keep-best-k pruning has just deleted (the trial has a newer one):
+    Tuner.restore then fails that trial with "Could not recover from checkpoint";
+  - cut mid-copy (invalid JSON): Tuner.restore fails altogether.
+`repair` fixes both from files on disk: a cut (or lagging) state file is replaced by Ray's staging copy
+when this machine still has it, and a newer checkpoint takes the name the state expects (the trial goes
+on from its newest state).
+Only the plain-JSON parts of the state are read; anything unexpected leaves the directory as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+_CKPT = re.compile(r"^checkpoint_(\d+)$")
+
+
+class ResumeError(RuntimeError):
+    """The saved state cannot be used; the message says what to do."""
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and "trial_data" in state else None
+
+
+def _staging_copies(name: str) -> list[Path]:
+    """Ray's own copies of an experiment state file, in its session directories on this machine."""
+    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    return sorted(root.glob(f"session_*/artifacts/*/*/driver_artifacts/{name}"), key=lambda p: p.stat().st_mtime,
+                  reverse=True)
+
+
+def trials_of(state: dict) -> list[tuple[dict, dict]]:
+    out = []
+    for entry in state["trial_data"]:
+        trial, meta = (json.loads(x) if isinstance(x, str) else x for x in entry[:2])
+        out.append((trial, meta))
+    return out
+
+
+def saved_state(tune_dir: Path, notes: list[str] | None = None) -> dict | None:
+    """The experiment state Tuner.restore will read (the newest experiment_state-*.json in tune_dir),
+    first brought up to date: Ray's staging copy on this machine replaces it when it is newer (written
+    after the last background copy) or when the copy here was cut short by the kill."""
+    notes = [] if notes is None else notes
+    files = sorted(Path(tune_dir).glob("experiment_state-*.json"))
+    if not files:
+        return None
+    newest = files[-1]
+    state = _load(newest)
+    for copy in _staging_copies(newest.name):
+        candidate = _load(copy)
+        # The same experiment: its trials' directories are the ones in this run directory.
+        if not candidate or not all((Path(tune_dir) / t["relative_logdir"]).is_dir() for t, _ in trials_of(candidate)):
+            continue
+        if state is None or (candidate != state and copy.stat().st_mtime > newest.stat().st_mtime):
+            shutil.copyfile(copy, newest)
+            why = "was cut short by the kill" if state is None else "lagged behind Ray's own copy"
+            notes.append(f"{newest.name} {why}; restored Ray's complete copy from {copy}")
+            return candidate
+        break
+    if state is not None:
+        return state
+    if len(files) == 1:
+        raise ResumeError(f"--resume: {newest} was cut short by the kill and no complete copy is left; "
+                          "start afresh with another name=")
+    newest.rename(newest.with_suffix(".json.cut"))
+    notes.append(f"{newest.name} was cut short by the kill; resuming from the previous state "
+                 f"({files[-2].name}); trials started after it run again")
+    return saved_state(tune_dir, notes)
+
+
+def repair(tune_dir: Path) -> list[str]:
+    """Fix what a kill can leave behind in Ray's experiment dir; return one note per fix."""
+    notes: list[str] = []
+    state = saved_state(Path(tune_dir), notes)
+    if state is None:
+        return notes
+    try:
+        trials = trials_of(state)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return notes + ["the saved experiment state has an unexpected layout; resuming it as it is"]
+    for trial, meta in trials:
+        wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
+        trial_dir = Path(tune_dir) / trial.get("relative_logdir", "")
+        if trial.get("status") not in UNFINISHED or not wanted or (trial_dir / wanted).exists():
+            continue
+        index = int(_CKPT.match(wanted).group(1)) if _CKPT.match(wanted) else -1
+        newer = sorted((d for d in trial_dir.glob("checkpoint_*") if _CKPT.match(d.name)
+                        and int(_CKPT.match(d.name).group(1)) > index), key=lambda d: d.name)
+        if not newer:
+            continue  # nothing newer to go on from: Ray records the trial as failed, the sweep goes on
+        newer[-1].rename(trial_dir / wanted)
+        for stale in newer[:-1]:  # older than the one kept; Ray's state knows none of them
+            shutil.rmtree(stale, ignore_errors=True)
+        notes.append(f"trial {trial['trial_id']}: {wanted} had been pruned after the last saved state; "
+                     f"it goes on from its newer {newer[-1].name}")
+    return notes

@@ -1,0 +1,205 @@
+"""Every malformed sweep is refused before Ray starts: one line per problem naming the YAML path and the
+fix, all problems at once, exit code 2, nothing written. Table-driven: each case is checked for its
+exact message. The driver runs in-process (harness.sweep.main) for speed; two cases go through a real
+`python -m harness.sweep` subprocess."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from conftest import run_sweep
+
+from harness.config import load_sweep
+from harness.results import write_csv
+from harness.sweep import main, run_metadata
+
+LIST_OR_ALL = "lora.target_modules: Input should be a valid list or 'all-linear' (got 7)"
+NO_ROOM = ("train.max_seq_len: 32 leaves no room for the response of {} (prompts are {}); raise it to at least 128")
+JUDGE = ["eval.generate.data=eval/evol_instruct_gt.json", "eval.judge.enabled=true",
+         "eval.judge.base_url=https://api.example.com/v1", "eval.judge.api_key_env=HARNESS_TEST_UNSET_KEY"]
+
+# (overrides on sweeps/smoke.yaml, the exact error lines)
+CASES = [
+    # out-of-range values
+    (["lora.r=0"], ["lora.r: Input should be greater than or equal to 1 (got 0)"]),
+    (["lora.r=-4"], ["lora.r: Input should be greater than or equal to 1 (got -4)"]),
+    (["train.lr=0"], ["train.lr: Input should be greater than 0 (got 0)"]),
+    (["train.lr=-1e-4"], ["train.lr: Input should be greater than 0 (got -0.0001)"]),
+    (["lora.alpha=0"], ["lora.alpha: Input should be greater than 0 (got 0)"]),
+    (["lora.dropout=1.0"], ["lora.dropout: Input should be less than 1 (got 1.0)"]),
+    (["lora.dropout=-0.1"], ["lora.dropout: Input should be greater than or equal to 0 (got -0.1)"]),
+    (["train.epochs=0"], ["train.epochs: Input should be greater than or equal to 1 (got 0)"]),
+    (["train.max_seq_len=8"], ["train.max_seq_len: Input should be greater than or equal to 16 (got 8)"]),
+    (["train.warmup_ratio=1.5"], ["train.warmup_ratio: Input should be less than 1 (got 1.5)"]),
+    (["resources.cpus_per_trial=0"], ["resources.cpus_per_trial: Input should be greater than 0 (got 0)"]),
+    (["recovery.max_failures=-1"], ["recovery.max_failures: Input should be greater than or equal to 0 (got -1)"]),
+    (["recovery.keep_checkpoints=0"],
+     ["recovery.keep_checkpoints: Input should be greater than or equal to 1 (got 0)"]),
+    (["search.num_samples=0"], ["search.num_samples: Input should be greater than or equal to 1 (got 0)"]),
+    (["selection.n=0"], ["selection.n: Input should be greater than or equal to 1 (got 0)"]),
+    (["data.eval_size=0"], ["data.eval_size: Input should be greater than or equal to 1 (got 0)"]),
+    # wrong types and unknown names
+    (["train.batch_size=two"],
+     ["train.batch_size: Input should be a valid integer, unable to parse string as an integer (got 'two')"]),
+    (["lora.target_modules=7"], [LIST_OR_ALL]),
+    (["data.train=5"], ["data.train: Input should be a valid string or a valid list (got 5)"]),
+    (["data.train=[]"], ["data.train: give at least one training file"]),
+    (["model.quantization=int3"], ["model.quantization: Input should be 'none' or 'nf4' (got 'int3')"]),
+    (["search.algorithm=bayes"], ["search.algorithm: Input should be 'optuna', 'random' or 'grid' (got 'bayes')"]),
+    (["search.mode=minimize"], ["search.mode: Input should be 'min' or 'max' (got 'minimize')"]),
+    (["scheduler.type=hyperband"], ["scheduler.type: Input should be 'asha', 'median' or 'fifo' (got 'hyperband')"]),
+    (["train.scheduler=cosine_restarts"], ["train.scheduler: Input should be 'linear', 'cosine', 'constant' or "
+                                           "'constant_with_warmup' (got 'cosine_restarts')"]),
+    (["wandb.mode=cloud"], ["wandb.mode: Input should be 'offline', 'online' or 'disabled' (got 'cloud')"]),
+    (["name=bad/name"], ["name: String should match pattern '^[A-Za-z0-9_.-]+$' (got 'bad/name')"]),
+    (["selection.strategy=bestest"], ["selection.strategy: unknown strategy 'bestest'; choose one of: diversity, "
+                                      "first, ifd, longest, longest_matched, loss, random, score, weighted"]),
+    (["curriculum.order=backwards"], ["curriculum.order: unknown curriculum 'backwards'; choose one of: "
+                                      "easy_to_hard, hard_to_easy, none, staged"]),
+    # unknown keys, with a suggestion
+    (["trian.epochs=2"], ["trian: unknown key; did you mean 'train'?"]),
+    (["lora.rank=8"], ["lora.rank: unknown key; known keys: r, alpha, dropout, target_modules"]),
+    (["recovery.retries=2"], ["recovery.retries: unknown key; known keys: max_failures, keep_checkpoints"]),
+    (["search.space={lora.alpha: {tie:lora.r}}"],
+     ["search.space.lora.alpha.tie:lora.r: unknown key; write 'tie: lora.r' with a space after the colon"]),
+    # the search space
+    (["search.algorithm=grid", "search.space={lora.rr: {grid: [4, 8]}}"],
+     ["search.space.lora.rr: no such setting; did you mean 'lora.r'?"]),
+    (["search.space={lora.r: {choice: [0, 8]}}"],
+     ["search.space.lora.r: value 0 is invalid: lora.r: Input should be greater than or equal to 1 (got 0)"]),
+    (["search.space={train.lr: {loguniform: [0, 0.1]}}"],
+     ["search.space.train.lr: loguniform: low must be > 0 (got 0.0)"]),
+    (["search.space={lora.r: {int: [8, 4]}}"], ["search.space.lora.r: int: low must be below high (got [8, 4])"]),
+    (["search.space={lora.r: {grid: [4], choice: [8]}}"],
+     ["search.space.lora.r: give exactly one of choice, grid, uniform, loguniform, int, tie (got choice, grid)"]),
+    (["search.space={lora.r: {choice: [4, 8]}, lora.alpha: {tie: lora.rr}}"],
+     ["search.space.lora.alpha: tie must name another searched, untied parameter (got 'lora.rr')"]),
+    (["search.space={lora.r: {grid: [4, 8]}}"],
+     ["search.space: grid entries need search.algorithm grid or random; use choice with optuna"]),
+    (["search.seeds=[0, 1]"], ["search.seeds: several seeds need search.algorithm grid or random "
+                               "(or put train.seed: {choice: [...]} in search.space)"]),
+    # the objective and the scheduler
+    (["search.metric=accuracy"], ["search.metric: 'accuracy' is produced by no configured evaluation; choose one "
+                                  "of: eval_loss, best_eval_loss, eval_perplexity, train_loss"]),
+    (["eval.perplexity=[classical_zh/public_test.json]", "search.metric=ppl_public_test"],
+     ["scheduler.type: asha stops trials on intermediate reports, but 'ppl_public_test' is only measured at the "
+      "end of a trial; use scheduler.type: fifo or search.metric: eval_loss"]),
+    (["scheduler.grace_period=4"], ["scheduler.grace_period: asha needs more reports than grace_period (4 = "
+                                    "train.epochs x train.evals_per_epoch); raise evals_per_epoch or use "
+                                    "scheduler.type: fifo"]),
+    # the machine, the model, the data, the judge
+    (["resources.gpus_per_trial=1"],
+     ["resources.gpus_per_trial: GPUs requested but this machine has none; set it to 0"]),
+    (["model.name=no-such-model"], ["model.name: 'no-such-model' is neither an embedded model "
+                                    "(smollm2-135m-instruct), a local checkpoint directory, nor a Hugging Face id "
+                                    "like 'org/name'"]),
+    (["data.train=/nonexistent/pool.json"], ["data.train: '/nonexistent/pool.json' not found (looked in: "
+                                             "/nonexistent/pool.json); set HARNESS_DATA_DIR or fix the path"]),
+    (["eval.perplexity=[nope/missing.json]"],
+     ["eval.perplexity: perplexity file 'nope/missing.json' not found (relative paths are looked up under "
+      "HARNESS_DATA_DIR, the working directory and ../shared/data)"]),
+    (JUDGE, ["eval.judge.api_key_env: the judge at https://api.example.com/v1 needs an API key but "
+             "HARNESS_TEST_UNSET_KEY is not set; export HARNESS_TEST_UNSET_KEY=... (any value for a server "
+             "without keys)"]),
+    (["eval.judge.api_key_env=sk-abc123"], ["eval.judge.api_key_env: give the NAME of an environment variable "
+                                            "(e.g. OPENAI_API_KEY), not a key"]),
+    (["eval.judge.base_url=https://me:hunter2@judge.example.com/v1"],
+     ["eval.judge.base_url: no user:password in the URL; put the key in the variable named by api_key_env"]),
+    (["train.max_seq_len=32"], [NO_ROOM.format("16 of 16 selected training examples", "37-89 tokens, median 44"),
+                                NO_ROOM.format("8 of 8 held-out examples", "39-58 tokens, median 46.5")]),
+    # the command line, and several problems at once (schema and missing data in one run)
+    (["lora.r"], ["override 'lora.r': expected key=value, e.g. train.epochs=3"]),
+    (["lora.r=0", "trian.epochs=2", "data.train=/nonexistent/pool.json"],
+     ["lora.r: Input should be greater than or equal to 1 (got 0)", "trian: unknown key; did you mean 'train'?",
+      "data.train: '/nonexistent/pool.json' not found (looked in: /nonexistent/pool.json); set HARNESS_DATA_DIR "
+      "or fix the path"]),
+]
+
+
+def refused(args: list[str], capsys) -> list[str]:
+    """Run the driver in-process; it must exit 2. Returns its stderr lines."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2, err
+    return err
+
+
+@pytest.mark.parametrize("overrides, expected", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
+def test_malformed_sweep_is_refused_with_its_exact_message(overrides, expected, tmp_path, capsys, monkeypatch):
+    if "resources.gpus_per_trial=1" in overrides and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("HARNESS_TEST_UNSET_KEY", raising=False)
+    err = refused(["sweeps/smoke.yaml", f"output.dir={tmp_path}", *overrides], capsys)
+    assert err == [f"error: {line}" for line in expected]
+    assert not list(tmp_path.iterdir()), "nothing may be written before the sweep is valid"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, "sweep file '{path}' not found; pass a YAML file such as sweeps/lora_rank.yaml"),
+    ("train: [1,\n", "{path}: not valid YAML at line 2: expected the node content, but found '<stream end>'"),
+    ("- name: x\n", "{path}: the top level must be a mapping of sections (name, model, train, ...)"),
+    ("name: !!python/object/apply:os.system ['echo pwned']\n",
+     "{path}: not valid YAML at line 1: could not determine a constructor for the tag "
+     "'tag:yaml.org,2002:python/object/apply:os.system'"),
+])
+def test_malformed_sweep_file(text, expected, tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert refused([str(path)], capsys) == ["error: " + expected.format(path=path)]
+
+
+def _earlier_run(out, overrides=(), statuses=("TERMINATED", "RUNNING", "PENDING")):
+    """A run directory as an earlier (killed) driver left it: sweep.yaml and results.csv."""
+    cfg, _ = load_sweep("sweeps/smoke.yaml", [f"output.dir={out}", *overrides])
+    cfg.run_dir.mkdir(parents=True)
+    meta = run_metadata(["sweeps/smoke.yaml"])
+    (cfg.run_dir / "sweep.yaml").write_text(yaml.safe_dump({**cfg.model_dump(mode="json"), **meta}))
+    write_csv(cfg.run_dir / "results.csv", [{"trial_id": f"t{i}", "status": s} for i, s in enumerate(statuses)])
+    return cfg.run_dir
+
+
+def test_output_dir_holding_this_sweep_unfinished_offers_resume(tmp_path, capsys):
+    run_dir = _earlier_run(tmp_path)
+    assert refused(["sweeps/smoke.yaml", f"output.dir={tmp_path}"], capsys) == [
+        f"error: output.dir: {run_dir} holds an unfinished run of this sweep (1 of 3 trials finished); add "
+        "--resume to continue it, or pick another name= to start afresh"]
+
+
+def test_output_dir_holding_this_sweep_finished(tmp_path, capsys):
+    run_dir = _earlier_run(tmp_path, statuses=("TERMINATED", "EARLY_STOPPED", "ERROR"))
+    assert refused(["sweeps/smoke.yaml", f"output.dir={tmp_path}"], capsys) == [
+        f"error: output.dir: {run_dir} already holds a finished run of this sweep (3 trials); pick another name= "
+        "or output.dir= to run it again"]
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"]])
+def test_output_dir_holding_another_sweep_is_refused(flags, tmp_path, capsys):
+    run_dir = _earlier_run(tmp_path, ["lora.r=4"])
+    resume_hint = "; --resume needs the sweep file and overrides of the run it continues" if flags else ""
+    assert refused(["sweeps/smoke.yaml", f"output.dir={tmp_path}", "train.lr=0.01", *flags], capsys) == [
+        f"error: output.dir: {run_dir} holds a different sweep (it differs in lora.r, train.lr); pick another "
+        f"name= or output.dir=, or delete that directory{resume_hint}"]
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys):
+    assert refused(["sweeps/smoke.yaml", f"output.dir={tmp_path}", "--resume"], capsys) == [
+        f"error: --resume: {tmp_path / 'smoke'} holds no sweep to resume; run without --resume"]
+
+
+def test_cli_reports_every_problem_and_exits_2_before_ray(tmp_path):
+    # A real subprocess: the exit code and stderr a user sees, and no Ray started (no run dir, no session).
+    proc = run_sweep("sweeps/smoke.yaml", f"output.dir={tmp_path}", "lora.dropout=1", "recovery.max_failures=-1",
+                     "model.name=no-such-model", *JUDGE)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: lora.dropout: Input should be less than 1 (got 1)",
+        "error: recovery.max_failures: Input should be greater than or equal to 0 (got -1)",
+        "error: model.name: 'no-such-model' is neither an embedded model (smollm2-135m-instruct), a local "
+        "checkpoint directory, nor a Hugging Face id like 'org/name'",
+        "error: eval.judge.api_key_env: the judge at https://api.example.com/v1 needs an API key but "
+        "HARNESS_TEST_UNSET_KEY is not set; export HARNESS_TEST_UNSET_KEY=... (any value for a server without keys)"]
+    assert "ray" not in proc.stdout.lower() and not list(tmp_path.iterdir())
