@@ -52,6 +52,14 @@ class TrainConfig(Strict):
     evals_per_epoch: int = Field(4, ge=1, description="eval_loss reports per epoch: the rungs ASHA stops at")
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast where the CPU/GPU has it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Speed switches; none changes the loss being optimised (docs/performance.md has the measurements).
+    packing: bool = Field(True, description="each micro-batch as one row without padding, attention kept inside "
+                                            "each example (falls back to group_by_length if the model cannot)")
+    group_by_length: bool = Field(True, description="without packing: similar lengths share a micro-batch")
+    group_size: int | None = Field(None, ge=1, description="micro-batches per length-sorting window; default 16, "
+                                                           "2 when curriculum.order is set; 1 = off")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
 
 
 class LoraConfig(Strict):

@@ -29,8 +29,8 @@ COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable
 HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report"}
 # Per-report values worth keeping in metrics.jsonl.
 HISTORY_KEYS = ["report", "training_iteration", "step", "epoch", "tokens_seen", "eval_loss", "train_loss",
-                "tokens_per_second", "lr", "time_total_s", "train_seconds", "rss_mb", "peak_rss_mb", "pid",
-                "timestamp"]
+                "tokens_per_second", "lr", "time_total_s", "train_seconds", "eval_seconds", "rss_mb", "peak_rss_mb",
+                "pid", "timestamp"]
 
 
 # "ValueError: ...", "ray.exceptions.RayTaskError(FloatingPointError): ...", "torch.OutOfMemoryError: ..."

@@ -11,7 +11,7 @@ import torch
 from trainables.data.formats import load_examples
 from trainables.data.tokenize import IGNORE, encode
 from trainables.models import bf16_supported, load_model
-from trainables.qlora import collate, mean_loss, micro_batches, n_label_tokens, report_steps, token_loss_sum
+from trainables.qlora import collate, mean_loss, micro_batches, report_steps, token_loss_sum
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +29,21 @@ def test_summed_loss_matches_transformers_own_masked_loss(tokenizer, examples):
     model, _, _ = load_model("smollm2-135m-instruct")
     enc = [encode(tokenizer, e.messages, 128) for e in examples[:3]]
     batch = collate(enc, tokenizer.pad_token_id, "cpu")
-    assert batch["input_ids"].shape[1] == max(len(x) for x, _ in enc)  # padded to the longest, not max_len
+    width = max(len(x) for x, _ in enc)
+    assert batch.inputs["input_ids"].shape[1] == width  # padded to the longest, not max_len
+    labels = torch.tensor([y + [IGNORE] * (width - len(y)) for _, y in enc])
     with torch.no_grad():
-        ours = token_loss_sum(model, batch, contextlib.nullcontext) / n_label_tokens(batch)
-        theirs = model(**batch).loss  # transformers: mean over shifted labels != -100
+        ours = token_loss_sum(model, batch, contextlib.nullcontext) / batch.n_labels
+        theirs = model(**batch.inputs, labels=labels).loss  # transformers: mean over shifted labels != -100
         assert float(ours) == pytest.approx(float(theirs), rel=1e-4)
         # mean_loss weights every response token equally across batches of different sizes.
         per_example = [token_loss_sum(model, collate([x], tokenizer.pad_token_id, "cpu"), contextlib.nullcontext)
                        for x in enc]
         tokens = [sum(1 for t in y[1:] if t != IGNORE) for _, y in enc]
     expected = sum(float(v) for v in per_example) / sum(tokens)
-    assert mean_loss(model, enc, 2, tokenizer.pad_token_id, "cpu", contextlib.nullcontext) == pytest.approx(
-        expected, rel=1e-4)
+    for packed in (False, True):
+        assert mean_loss(model, enc, 2, tokenizer.pad_token_id, "cpu", contextlib.nullcontext, packed) == \
+            pytest.approx(expected, rel=1e-4)
 
 
 def test_nf4_qlora_trains_on_cpu(tokenizer, examples):
@@ -59,7 +62,7 @@ def test_nf4_qlora_trains_on_cpu(tokenizer, examples):
 
     losses = []
     for _ in range(3):
-        loss = token_loss_sum(model, batch, autocast) / n_label_tokens(batch)
+        loss = token_loss_sum(model, batch, autocast) / batch.n_labels
         loss.backward()
         opt.step()
         opt.zero_grad()

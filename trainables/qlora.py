@@ -6,6 +6,11 @@ sweep directory; everything it writes goes under <run_dir>/trials/<trial_id>/.
 
 Arithmetic (defaults of sweeps/lora_rank.yaml): 100 examples / (batch 4 x accum 1)
 = 25 optimizer steps per epoch; x ~107 tokens per example = ~10.7k real tokens per epoch.
+
+Speed (docs/performance.md; each a train.* switch): a micro-batch is packed into one row without
+padding (trainables/batching.py), or length-grouped when packing is off; logits only at response
+positions; the loop never waits for the device except when it reports; optional torch.compile and
+gradient checkpointing. The inner step is `train_step`, which bench/bench_train.py times directly.
 """
 
 from __future__ import annotations
@@ -17,16 +22,26 @@ import random
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainables.batching import (
+    CURRICULUM_GROUP_SIZE,
+    GROUP_SIZE,
+    Batch,
+    Encoded,
+    collate,
+    group_by_length,
+    micro_batches,
+    pack,
+    packing_isolates,
+    token_loss_sum,
+)
 from trainables.data.tokenize import IGNORE, encode
 from trainables.paths import atomic_write_text
-
-Encoded = tuple[list[int], list[int]]  # (input_ids, labels)
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -44,47 +59,56 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def collate(batch: list[Encoded], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch to its own longest sequence (not to max_seq_len)."""
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (x, y) in enumerate(batch):
-        ids[row, : len(x)] = torch.tensor(x)
-        labels[row, : len(y)] = torch.tensor(y)
-        mask[row, : len(x)] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+def make_autocast(device: str, use_bf16: bool) -> Callable[[], Any]:
+    """bf16 autocast where it pays (CUDA; CPUs with AVX-512 BF16 / AMX); fp16 autocast on older GPUs."""
+    dtype = torch.bfloat16 if use_bf16 else torch.float16
+    enabled = use_bf16 or device == "cuda"
+    return lambda: torch.autocast(device_type=device, dtype=dtype, enabled=enabled)
 
 
-def n_label_tokens(batch: dict[str, torch.Tensor]) -> int:
-    # Labels are shifted by one inside the model: the first position never counts.
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
+def order_batches(plan: list[list[int]], lengths: list[int], batch_size: int, *, packed: bool, group: bool,
+                  group_size: int | None, curriculum: str) -> list[list[int]]:
+    """Which examples share each micro-batch. Packed micro-batches have no padding, so they keep the
+    curriculum's order exactly; padded ones are length-grouped in windows (small ones under a curriculum)."""
+    if packed or not group:
+        return micro_batches(plan, batch_size)
+    size = group_size or (GROUP_SIZE if curriculum == "none" else CURRICULUM_GROUP_SIZE)
+    return group_by_length(plan, lengths, batch_size, size)
 
 
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], autocast: Any) -> torch.Tensor:
-    """Summed cross-entropy over response tokens (the model's own loss is a per-batch mean)."""
-    with autocast():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
+def train_step(model: Any, batches: list[Batch], autocast: Callable[[], Any], optimizer: Any, scheduler: Any,
+               params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
+    """One optimizer step: gradients of the mean response-token loss over the step's micro-batches
+    (every token weighs the same, however the tokens fall into micro-batches), clip, step.
+    Returns the step's summed token loss as a device tensor: reading it is a host sync, so the
+    loop adds it up on the device and reads it only when it reports."""
+    n = max(sum(b.n_labels for b in batches), 1)  # counted on the host by collate / pack
+    total = torch.zeros((), device=batches[0].targets.device)
+    for b in batches:
+        loss = token_loss_sum(model, b, autocast)
+        (loss / n).backward()
+        total += loss.detach()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
 
 
 @torch.no_grad()
-def mean_loss(model: Any, data: list[Encoded], batch_size: int, pad_id: int, device: str, autocast: Any) -> float:
+def mean_loss(model: Any, data: list[Encoded], batch_size: int, pad_id: int, device: str, autocast: Any,
+              packed: bool = False) -> float:
     """Mean token loss over a data set (the held-out eval_loss)."""
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     ordered = sorted(data, key=lambda e: len(e[0]))  # similar lengths together: less padding
     for i in range(0, len(ordered), batch_size):
-        batch = collate(ordered[i : i + batch_size], pad_id, device)
-        total += float(token_loss_sum(model, batch, autocast))
-        count += n_label_tokens(batch)
+        chunk = ordered[i : i + batch_size]
+        batch = pack(chunk, device=device) if packed else collate(chunk, pad_id, device)
+        total += token_loss_sum(model, batch, autocast)
+        count += batch.n_labels
     model.train()
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 def report_steps(total_steps: int, n_reports: int) -> set[int]:
@@ -93,18 +117,11 @@ def report_steps(total_steps: int, n_reports: int) -> set[int]:
     return {max(1, round(total_steps * k / n)) for k in range(1, n + 1)}
 
 
-def micro_batches(plan: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Cut each epoch's ordered indices into micro-batches, keeping the curriculum's order."""
-    out = []
-    for epoch in plan:
-        out += [epoch[i : i + batch_size] for i in range(0, len(epoch), batch_size)]
-    return out
-
-
 # ----------------------------------------------------------------------------- the trial
 
 
 def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -> None:
+    t_start = time.perf_counter()
     import transformers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
     from peft.utils import get_peft_model_state_dict
@@ -136,12 +153,11 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     model, tokenizer, load_times = load_model(
         cfg.model.name, cfg.model.quantization, cfg.model.trust_remote_code, device
     )
-    use_bf16 = tc.bf16 == "on" or (tc.bf16 == "auto" and bf16_supported(device))
-    amp_dtype = torch.bfloat16 if use_bf16 else torch.float16
-
-    def autocast():
-        enabled = use_bf16 or device == "cuda"
-        return torch.autocast(device_type=device, dtype=amp_dtype, enabled=enabled)
+    autocast = make_autocast(device, tc.bf16 == "on" or (tc.bf16 == "auto" and bf16_supported(device)))
+    # Packing is only safe where the model keeps packed examples apart: check it on this model.
+    packed = tc.packing and packing_isolates(model, device, autocast)
+    if tc.packing and not packed:
+        print(f"train.packing: {cfg.model.name} lets packed examples see each other; using length-grouped batches")
 
     # 2. Data: select the subset, tokenize it once, order it -------------------------------------
     encoded_cache: dict[int, Encoded] = {}
@@ -167,24 +183,34 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     atomic_write_text(trial_dir / "selected_ids.json", json.dumps([e.id for e in train]))
     lengths = [n_tokens(e) for e in train]
     plan = CURRICULA.get(cfg.curriculum.order)(train, cfg.curriculum, tc.epochs, tc.seed, lengths)
-    batches = micro_batches(plan, tc.batch_size)
+    batches = order_batches(plan, lengths, tc.batch_size, packed=packed, group=tc.group_by_length,
+                            group_size=tc.group_size, curriculum=cfg.curriculum.order)
     total_steps = math.ceil(len(batches) / tc.grad_accum)
     reports_at = report_steps(total_steps, cfg.reports_per_trial)
 
+    def micro_batch(indices: list[int]) -> Batch:
+        rows = [encoded(train[i]) for i in indices]
+        return pack(rows, device=device) if packed else collate(rows, tokenizer.pad_token_id, device)
+
     # 3. LoRA (on 4-bit weights for nf4) -------------------------------------------------------
+    checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     if cfg.model.quantization == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing,
+                                                **checkpointing)
+    elif tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable(**checkpointing)
     model = get_peft_model(model, LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
     ))
-    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainable_params = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.scheduler, optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+    # Compiled for the training forward only; eval and saving use the plain module (same weights).
+    forward = torch.compile(model, dynamic=True) if tc.compile else model
 
-    step, tokens_seen, train_seconds, best, resumed = 0, 0, 0.0, math.inf, {}
+    step, tokens_seen, positions, train_seconds, eval_seconds, best, resumed = 0, 0, 0, 0.0, 0.0, math.inf, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint:  # a retry or a resumed sweep: continue where the last report left off
         with checkpoint.as_directory() as d:
@@ -193,6 +219,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, tokens_seen, train_seconds, best = state["step"], state["tokens_seen"], state["train_seconds"], state["best"]
+        positions, eval_seconds = state["positions"], state["eval_seconds"]
         torch.set_rng_state(state["rng"])
         resumed = {"resumed_from_report": state["metrics"]["report"]}
         if step >= total_steps:  # finished before the driver died: say so again, nothing to train
@@ -201,34 +228,30 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
 
     static = {
         **prep.stats, "trainable_params": trainable_params, "seed": tc.seed, "total_steps": total_steps,
-        "node_id": ray_node_id(), **load_times, **resumed,
+        "node_id": ray_node_id(), "packing": float(packed), "setup_seconds": time.perf_counter() - t_start,
+        **load_times, **resumed,
     }
 
     # 4. Train: accumulate, step, and at each report point evaluate + checkpoint ---------------
+    # Nothing in this loop waits for the device except the report: losses add up on the device.
     model.train()
-    window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+    window_loss, window_tokens, t_window = torch.zeros((), device=device), 0, time.perf_counter()
     while step < total_steps:
-        step_batches = batches[step * tc.grad_accum : (step + 1) * tc.grad_accum]
-        collated = [collate([encoded(train[i]) for i in mb], tokenizer.pad_token_id, device) for mb in step_batches]
-        step_tokens = sum(n_label_tokens(b) for b in collated)
-        for b in collated:
-            loss = token_loss_sum(model, b, autocast) / max(step_tokens, 1)
-            loss.backward()
-            window_loss += float(loss.detach()) * step_tokens
-            tokens_seen += int(b["attention_mask"].sum())
-        window_tokens += step_tokens
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_batches = [micro_batch(mb) for mb in batches[step * tc.grad_accum : (step + 1) * tc.grad_accum]]
+        window_loss += train_step(forward, step_batches, autocast, optimizer, scheduler, params, tc.max_grad_norm)
+        window_tokens += sum(b.n_labels for b in step_batches)
+        tokens_seen += sum(b.n_tokens for b in step_batches)
+        positions += sum(b.n_positions for b in step_batches)
         step += 1
         if step not in reports_at:
             continue
 
-        elapsed = time.perf_counter() - t_window
-        train_seconds += elapsed
-        eval_loss = mean_loss(model, evals, tc.batch_size * 2, tokenizer.pad_token_id, device, autocast)
-        if not math.isfinite(eval_loss) or not math.isfinite(window_loss):
+        train_loss = float(window_loss) / max(window_tokens, 1)  # the one host sync: reports only
+        train_seconds += time.perf_counter() - t_window
+        t_eval = time.perf_counter()
+        eval_loss = mean_loss(model, evals, tc.batch_size * 2, tokenizer.pad_token_id, device, autocast, packed)
+        eval_seconds += time.perf_counter() - t_eval
+        if not math.isfinite(eval_loss) or not math.isfinite(train_loss):
             message = f"loss became NaN/inf at step {step}; lower train.lr"
             atomic_write_text(nan_marker, message)
             raise FloatingPointError(message)
@@ -236,9 +259,10 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         metrics = {
             **static, **_memory(device), "report": sorted(reports_at).index(step) + 1,
             "step": step, "epoch": step / total_steps * tc.epochs, "tokens_seen": tokens_seen,
-            "train_loss": window_loss / max(window_tokens, 1), "eval_loss": eval_loss, "best_eval_loss": best,
+            "train_loss": train_loss, "eval_loss": eval_loss, "best_eval_loss": best,
             "eval_perplexity": math.exp(min(eval_loss, 50)), "lr": scheduler.get_last_lr()[0],
             "train_seconds": train_seconds, "tokens_per_second": tokens_seen / max(train_seconds, 1e-9),
+            "eval_seconds": eval_seconds, "padding_fraction": 1 - tokens_seen / max(positions, 1),
         }
         if step == total_steps:  # 5. end of trial: the expensive evaluations join the last report
             metrics.update(_final_evaluations(cfg, model, tokenizer, trial_dir, prep.train))
@@ -249,9 +273,10 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
                 "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
                 "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(), "metrics": metrics,
+                "positions": positions, "eval_seconds": eval_seconds,
             }, Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        window_loss, window_tokens, t_window = 0.0, 0, time.perf_counter()
+        window_loss, window_tokens, t_window = torch.zeros((), device=device), 0, time.perf_counter()
 
 
 def _memory(device: str) -> dict[str, float]:
