@@ -203,6 +203,10 @@ class SweepConfig(Strict):
     def metrics(self) -> list[str]:
         return list(TRAIN_METRICS) + self.eval.metrics()
 
+    def report_metrics(self) -> list[str]:
+        """Metrics every training report carries: what early stopping and keep-best-k can rank by."""
+        return list(TRAIN_METRICS) + self.eval.report_metrics()
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading, overrides and cross-field checks
@@ -404,10 +408,12 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
     if not known_metric:
         problems.append(f"search.metric: {cfg.search.metric!r} is produced by no configured evaluation; "
                         f"choose one of: {', '.join(cfg.metrics())}")
-    if cfg.scheduler.type != "fifo" and known_metric and cfg.search.metric not in TRAIN_METRICS:
+    if cfg.scheduler.type != "fifo" and known_metric and cfg.search.metric not in cfg.report_metrics():
+        fix = ("eval.perplexity_every_report: true" if cfg.search.metric in cfg.eval.metrics()
+               and cfg.search.metric.startswith(("ppl_", "loss_")) else "search.metric: eval_loss")
         problems.append(f"scheduler.type: {cfg.scheduler.type} stops trials on intermediate reports, but "
                         f"{cfg.search.metric!r} is only measured at the end of a trial; use scheduler.type: fifo "
-                        "or search.metric: eval_loss")
+                        f"or {fix}")
     if cfg.scheduler.type != "fifo" and cfg.reports_per_trial <= cfg.scheduler.grace_period:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.type} needs more reports than grace_period "
                         f"({cfg.reports_per_trial} = train.epochs x train.evals_per_epoch); raise evals_per_epoch "

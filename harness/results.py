@@ -29,7 +29,7 @@ COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable
 HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report"}
 # Per-report values worth keeping in metrics.jsonl.
 HISTORY_KEYS = ["report", "training_iteration", "step", "epoch", "tokens_seen", "eval_loss", "train_loss",
-                "tokens_per_second", "lr", "time_total_s", "train_seconds", "eval_seconds", "rss_mb", "peak_rss_mb",
+                "tokens_per_second", "lr", "time_total_s", "train_seconds", "heldout_seconds", "rss_mb", "peak_rss_mb",
                 "pid", "timestamp"]
 
 
@@ -148,7 +148,7 @@ class ResultsWriter(tune.Callback):
         self.write(trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        entry = {k: result[k] for k in HISTORY_KEYS if k in result}
+        entry = {k: result[k] for k in HISTORY_KEYS + self.extra_metrics if k in result}
         path = self._trial_dir(trial) / "metrics.jsonl"
         history = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
         if "report" in entry and result.get("resumed_from_report") == entry["report"] and any(

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import TRAIN_METRICS, ConfigError, SweepConfig, load_sweep
+from harness.config import ConfigError, SweepConfig, load_sweep
 from harness.space import grid_points, param_space
 
 EXIT_CONFIG = 2
@@ -366,7 +366,7 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, retry_erro
         scheduler = FIFOScheduler()
 
     # Keep-best-k checkpoints by a metric every report carries (an end-of-trial metric would rank none).
-    score, order = (s.metric, s.mode) if s.metric in TRAIN_METRICS else ("eval_loss", "min")
+    score, order = (s.metric, s.mode) if s.metric in cfg.report_metrics() else ("eval_loss", "min")
     searched = list(s.space) + (["train.seed"] if len(s.seeds) > 1 else [])
     reporter = tune.CLIReporter(
         parameter_columns=[p for p in searched if p not in s.space or s.space[p].kind != "tie"],

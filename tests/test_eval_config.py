@@ -90,3 +90,16 @@ def test_judge_cost_uses_known_list_prices_unless_given():
     assert (local.price_prompt_per_mtok, local.price_completion_per_mtok) == (0.0, 0.0)
     mine = JudgeConfig(enabled=True, model="gpt-4o-mini", price_prompt_per_mtok=1.0)
     assert (mine.price_prompt_per_mtok, mine.price_completion_per_mtok) == (1.0, 0.60)
+
+
+def test_early_stopping_on_a_named_test_set_needs_it_scored_at_every_report():
+    from harness.config import ConfigError, load_sweep
+
+    ppl = ["eval.perplexity=[eval/evol_instruct_gt.json]", "search.metric=ppl_evol_instruct_gt"]
+    with pytest.raises(ConfigError) as e:
+        load_sweep("sweeps/smoke.yaml", ppl)  # ASHA, but the perplexity is only known at the end
+    assert "use scheduler.type: fifo or eval.perplexity_every_report: true" in str(e.value)
+    cfg, _ = load_sweep("sweeps/smoke.yaml", [*ppl, "eval.perplexity_every_report=true"])
+    assert "ppl_evol_instruct_gt" in cfg.report_metrics() and "mcq_acc" not in cfg.report_metrics()
+    with pytest.raises(ConfigError, match="perplexity_every_report needs perplexity files"):
+        load_sweep("sweeps/smoke.yaml", ["eval.perplexity_every_report=true"])

@@ -124,6 +124,10 @@ def test_pairwise_swap_cancels_position_bias_and_rerun_is_free(server, tmp_path)
     assert SECRET not in all_text(tmp_path)  # ... and is written nowhere
     usage = json.loads((tmp_path / "rerun" / "judge_usage.json").read_text())
     assert usage["paid_this_run_usd"] == 0 and usage["cache_hits"] == 6
+    # The same model name at another endpoint is another judge: its replies are not reused.
+    other = cfg(server.url.replace("127.0.0.1", "localhost"))
+    third = judge_generations(other, rows(3), tmp_path / "other")
+    assert server.calls == 12 and third["judge_cache_hits"] == 0
 
 
 def test_without_swap_the_bias_shows(server, tmp_path):

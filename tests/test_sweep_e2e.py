@@ -61,11 +61,14 @@ def test_smoke_sweep_used_optuna_storage_and_offline_wandb(smoke_run):
     assert b"lora.r" in record and b"smoke" in record and b"eval_loss" in record
 
 
-def test_asha_stops_a_clearly_worse_trial(tmp_path):
+def test_asha_stops_a_clearly_worse_trial_on_a_named_test_set(tmp_path):
     # Sequential grid: a working learning rate first, then a useless one that ASHA must cut at rung 1.
+    # The objective is the perplexity of a named test set, scored at every report (not only at the end).
     proc = run_sweep(
         "sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=asha", "--no-report", "wandb.enabled=false",
         "search.algorithm=grid", "search.max_concurrent=1", "search.space={train.lr: {grid: [0.003, 1.0e-7]}}",
+        "eval.perplexity=[eval/evol_instruct_gt.json]", "eval.perplexity_limit=4", "eval.max_len=256",
+        "eval.perplexity_every_report=true", "search.metric=ppl_evol_instruct_gt",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {float(r["config/train.lr"]): r for r in read_csv(tmp_path / "asha" / "results.csv")}
@@ -73,6 +76,11 @@ def test_asha_stops_a_clearly_worse_trial(tmp_path):
     assert rows[1e-7]["status"] == "EARLY_STOPPED" and rows[1e-7]["stopped_early"] == "true"
     assert float(rows[1e-7]["tokens_seen"]) < float(rows[0.003]["tokens_seen"])
     assert "stopped early" in proc.stdout
+    good = tmp_path / "asha" / "trials" / rows[0.003]["trial_id"] / "metrics.jsonl"
+    history = [json.loads(line) for line in good.read_text().splitlines()]
+    ppl = [h["ppl_evol_instruct_gt"] for h in history]
+    assert len(ppl) == 4 and all(p > 1 for p in ppl) and len(set(ppl)) > 1  # scored at every report, changing
+    assert float(rows[0.003]["ppl_evol_instruct_gt"]) == pytest.approx(ppl[-1])
 
 
 def test_bad_sweep_exits_2_before_ray_starts(tmp_path):

@@ -210,7 +210,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     # Compiled for the training forward only; eval and saving use the plain module (same weights).
     forward = torch.compile(model, dynamic=True) if tc.compile else model
 
-    step, tokens_seen, positions, train_seconds, eval_seconds, best, resumed = 0, 0, 0, 0.0, 0.0, math.inf, {}
+    step, tokens_seen, positions, train_seconds, heldout_seconds, best, resumed = 0, 0, 0, 0.0, 0.0, math.inf, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint:  # a retry or a resumed sweep: continue where the last report left off
         with checkpoint.as_directory() as d:
@@ -219,7 +219,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, tokens_seen, train_seconds, best = state["step"], state["tokens_seen"], state["train_seconds"], state["best"]
-        positions, eval_seconds = state["positions"], state["eval_seconds"]
+        positions, heldout_seconds = state["positions"], state["heldout_seconds"]
         torch.set_rng_state(state["rng"])
         resumed = {"resumed_from_report": state["metrics"]["report"]}
         if step >= total_steps:  # finished before the driver died: say so again, nothing to train
@@ -248,9 +248,11 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
 
         train_loss = float(window_loss) / max(window_tokens, 1)  # the one host sync: reports only
         train_seconds += time.perf_counter() - t_window
-        t_eval = time.perf_counter()
+        t_eval, eval_loss_sets = time.perf_counter(), {}
         eval_loss = mean_loss(model, evals, tc.batch_size * 2, tokenizer.pad_token_id, device, autocast, packed)
-        eval_seconds += time.perf_counter() - t_eval
+        if cfg.eval.perplexity_every_report:  # named test sets too, so early stopping can use ppl_<stem>
+            eval_loss_sets = _report_perplexity(cfg, model, tokenizer, trial_dir, prep.train)
+        heldout_seconds += time.perf_counter() - t_eval
         if not math.isfinite(eval_loss) or not math.isfinite(train_loss):
             message = f"loss became NaN/inf at step {step}; lower train.lr"
             atomic_write_text(nan_marker, message)
@@ -262,7 +264,8 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
             "train_loss": train_loss, "eval_loss": eval_loss, "best_eval_loss": best,
             "eval_perplexity": math.exp(min(eval_loss, 50)), "lr": scheduler.get_last_lr()[0],
             "train_seconds": train_seconds, "tokens_per_second": tokens_seen / max(train_seconds, 1e-9),
-            "eval_seconds": eval_seconds, "padding_fraction": 1 - tokens_seen / max(positions, 1),
+            "heldout_seconds": heldout_seconds, "padding_fraction": 1 - tokens_seen / max(positions, 1),
+            **eval_loss_sets,
         }
         if step == total_steps:  # 5. end of trial: the expensive evaluations join the last report
             metrics.update(_final_evaluations(cfg, model, tokenizer, trial_dir, prep.train))
@@ -273,7 +276,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
                 "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
                 "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(), "metrics": metrics,
-                "positions": positions, "eval_seconds": eval_seconds,
+                "positions": positions, "heldout_seconds": heldout_seconds,
             }, Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         window_loss, window_tokens, t_window = torch.zeros((), device=device), 0, time.perf_counter()
@@ -300,6 +303,17 @@ def ray_node_id() -> str:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # outside Ray (direct calls in tests)
         return os.uname().nodename
+
+
+def _report_perplexity(cfg: Any, model: Any, tokenizer: Any, trial_dir: Path, pool: list) -> dict[str, float]:
+    """loss_<stem> / ppl_<stem> of eval.perplexity's files at a training report."""
+    from trainables.evaluate import EvalContext, perplexity
+
+    model.eval()
+    with torch.no_grad():
+        out = perplexity.run(EvalContext(cfg.eval, model, tokenizer, trial_dir, pool))
+    model.train()
+    return out
 
 
 def _final_evaluations(cfg: Any, model: Any, tokenizer: Any, trial_dir: Path, pool: list) -> dict[str, float]:

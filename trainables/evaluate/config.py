@@ -215,6 +215,10 @@ class EvalConfig(Strict):
     icl_seed: int = 0
     perplexity: list[str] = Field(default_factory=list, description="test files scored by perplexity")
     perplexity_limit: int | None = Field(None, ge=1, description="first n rows of each perplexity file")
+    perplexity_every_report: bool = Field(
+        False, description="score the perplexity files at every training report too (not only at the end), "
+                           "so that ASHA / median stopping can stop trials on ppl_<stem>; costs one pass over "
+                           "perplexity_limit rows per report")
     mcq: list[MCQSet] = Field(default_factory=list)
     mcq_shots: int | None = Field(None, ge=0, le=25, description="overrides every mcq set's shots (searchable)")
     generate: GenerateConfig = GenerateConfig()
@@ -247,6 +251,8 @@ class EvalConfig(Strict):
             raise ValueError("mcq: set names must be distinct")
         if self.mcq_shots and any(not m.dev for m in self.mcq):
             raise ValueError("mcq_shots needs a dev split on every mcq set")
+        if self.perplexity_every_report and not self.perplexity:
+            raise ValueError("perplexity_every_report needs perplexity files (eval.perplexity: [...])")
         if self.judge.enabled and not self.generate.data:
             raise ValueError("judge.enabled needs generate.data (the judge grades generated answers)")
         return self
@@ -256,6 +262,12 @@ class EvalConfig(Strict):
         if self.mcq_shots is None:
             return list(self.mcq)
         return [m.model_copy(update={"shots": self.mcq_shots}) for m in self.mcq]
+
+    def report_metrics(self) -> list[str]:
+        """Evaluation metrics present in every training report (early stopping may use them)."""
+        from trainables.evaluate import perplexity
+
+        return perplexity.metrics(self) if self.perplexity_every_report else []
 
     def metrics(self) -> list[str]:
         """Names of the metrics these evaluations produce (valid values of search.metric)."""

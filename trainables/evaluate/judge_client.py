@@ -2,7 +2,9 @@
 
 - The API key is read from the environment variable named in the config, at call time only; it is
   never written to the cache, the trial dir or a log.
-- Cache: one JSON file per (judge model, messages, temperature, max_tokens) under cache_dir("judge"),
+- Cache: one JSON file per (endpoint, judge model, messages, temperature, max_tokens) under
+  cache_dir("judge") (the endpoint too: local servers answer to any model name, so "judge" on two
+  servers may be two different models),
   written atomically, so a rerun (or another trial judging the same answer) never pays twice.
   Only completed replies are cached; errors are retried next run.
 - Errors (connection refused, timeouts, 5xx, 429, malformed bodies) are retried with exponential
@@ -46,9 +48,11 @@ class MalformedReply(RuntimeError):
     """The endpoint answered, but not with a chat completion (garbage body, no choices)."""
 
 
-def cache_key(model: str, messages: Messages, temperature: float, max_tokens: int) -> str:
+def cache_key(model: str, messages: Messages, temperature: float, max_tokens: int,
+              base_url: str | None = None) -> str:
     blob = json.dumps({"model": model, "messages": messages, "temperature": temperature,
-                       "max_tokens": max_tokens}, sort_keys=True, ensure_ascii=False)
+                       "max_tokens": max_tokens, "base_url": (base_url or "").rstrip("/")},
+                      sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -79,7 +83,7 @@ class JudgeClient:
         self._dir = cache_dir("judge") if cfg.cache else None
 
     def _cache_path(self, messages: Messages):
-        key = cache_key(self.cfg.model, messages, self.cfg.temperature, self.cfg.max_tokens)
+        key = cache_key(self.cfg.model, messages, self.cfg.temperature, self.cfg.max_tokens, self.cfg.base_url)
         return self._dir / key[:2] / f"{key}.json" if self._dir else None
 
     def _call(self, messages: Messages) -> tuple[str, int, int]:
