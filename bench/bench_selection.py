@@ -1,11 +1,13 @@
 """Selection cost on a large pool: seconds per strategy, and the tokens of each N=100 subset.
 
-    python bench/bench_selection.py [--copies 5] [--n 100] [--max-len 256] [--model-sample 0]
+    python bench/bench_selection.py [--copies 5] [--n 100] [--max-len 256] [--model-sample 0] [--embed-sample 2000]
 
 The pool is the real Alpaca files (random_9k + the two scored 1k subsets) repeated --copies times
-(ids made unique), ~56k examples: the largest pool a sweep here would select from, x3. Model-based
-strategies (loss, ifd) score every candidate with the base model, so they run on --model-sample
-examples only (0 = skip), with a throw-away cache.
+(ids made unique), ~56k examples: the largest pool a sweep here would select from, x3. Diversity runs
+there on TF-IDF. Model-based strategies (loss, ifd) score every candidate with the base model, so they
+run on --model-sample examples only (0 = skip), with a throw-away cache; so does diversity on sentence
+embeddings (all-MiniLM-L6-v2, ~0.1 s/example on one core) on --embed-sample examples: cold (embedding
+included) and warm (from the embedding cache, as trials after the driver's pre-embedding find it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--model-sample", type=int, default=0, help="pool size for loss/ifd (0 = skip them)")
+    ap.add_argument("--embed-sample", type=int, default=2000,
+                    help="pool size for diversity on sentence embeddings (0 = skip)")
     args = ap.parse_args()
 
     from trainables.models import load_model
@@ -58,7 +62,9 @@ def main() -> None:
               ", ".join(f"{k} {len(v)}" for k, v in removed.items()))
 
     rows = []
-    configs = [(s, SelectionConfig(strategy=s, n=args.n)) for s in SELECTION.names() if not needs_model(s)]
+    # embedding tfidf: sentence embeddings of the whole ~56k pool would take ~1.5 h on one core (below: a sample)
+    configs = [(s + (" (tfidf)" if s == "diversity" else ""), SelectionConfig(strategy=s, n=args.n, embedding="tfidf"))
+               for s in SELECTION.names() if not needs_model(s)]
     configs.append(("longest (conversation)", SelectionConfig(strategy="longest", n=args.n, length_by="conversation")))
     configs.append(("weighted (rank)", SelectionConfig(strategy="weighted", n=args.n, normalize="rank")))
     for label, cfg in configs:
@@ -68,6 +74,18 @@ def main() -> None:
     t = time.perf_counter()
     chosen = select(pool, SelectionConfig(strategy="longest", token_budget=12000), 0, n_tokens)
     rows.append(("longest, token_budget 12000", len(pool), time.perf_counter() - t, chosen))
+
+    if args.embed_sample:
+        from trainables.data.selection.diversity import embedding_label
+
+        sample = base[: args.embed_sample]
+        cfg = SelectionConfig(strategy="diversity", n=args.n, embedding="sentence")
+        os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-embeddings-")
+        for when in ("cold", "warm"):
+            t = time.perf_counter()
+            chosen = select(sample, cfg, 0, n_tokens)
+            rows.append((f"diversity (sentence, {when})", len(sample), time.perf_counter() - t, chosen))
+        print(f"sentence embeddings: {embedding_label('sentence', cfg.embedding_model)}")
 
     if args.model_sample:
         from trainables.data.difficulty import attach_scores

@@ -92,6 +92,8 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
         row[f"config/{path}"] = params.get(path, "")
     for key in TRAIN_METRICS + extra_metrics + COST:
         row[key] = last.get(key, "")
+    if "embedding" in last:  # diversity trials: what k-center embedded with (auto may have fallen back to tfidf)
+        row["embedding"] = last["embedding"]
     for key, value in last.items():  # subset statistics, hygiene counts, load times...
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)  # not Ray's flags
         if numeric and key not in row and key not in HISTORY_ONLY and not key.startswith(

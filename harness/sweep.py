@@ -119,6 +119,7 @@ def preflight(cfg: SweepConfig) -> Any:
     from transformers import AutoTokenizer
 
     problems, model_path = existence_problems(cfg.data, cfg.model.name)
+    problems += embedding_problems(cfg)
     if problems:
         fail(problems)
     try:
@@ -126,6 +127,41 @@ def preflight(cfg: SweepConfig) -> Any:
     except OSError as e:
         fail([f"model.name: cannot load {cfg.model.name!r} ({str(e).splitlines()[0]}); "
               "check the id, the network, or use a local directory"])
+
+
+def diversity_embeddings(cfg: SweepConfig) -> list[tuple[str, str]]:
+    """(selection.embedding, embedding_model) of every searched diversity level; [] without diversity."""
+    if cfg.eval.only or "diversity" not in _levels(cfg, "selection.strategy"):
+        return []
+    return [(how, name) for how in _levels(cfg, "selection.embedding") for name in _levels(cfg, "selection.embedding_model")]
+
+
+def embedding_problems(cfg: SweepConfig) -> list[str]:
+    """selection.embedding: sentence needs its model on this machine (trials load it without network)."""
+    from trainables.data.selection.diversity import resolve_embedding
+
+    problems = []
+    for how, name in diversity_embeddings(cfg):
+        try:
+            resolve_embedding(how, name)
+        except ValueError as e:
+            problems.append(str(e))
+    return list(dict.fromkeys(problems))
+
+
+def preembed(cfg: SweepConfig) -> None:
+    """Sentence embeddings of the pool for diversity, computed once here and cached on disk (~0.1 s per
+    example on one core), so trials find them ready instead of each embedding the same pool."""
+    from trainables.data.pipeline import split_pool
+    from trainables.data.selection.diversity import embedding_label, resolve_embedding, sentence_embeddings
+
+    pool = None
+    for how, name in diversity_embeddings(cfg):
+        kind, path = resolve_embedding(how, name)
+        if kind == "sentence":
+            pool = pool if pool is not None else split_pool(cfg.data)[0]
+            print(f"embedding the pool with {embedding_label(how, name)} once for all trials (cached)...")
+            sentence_embeddings([e.text for e in pool], path, progress=True)
 
 
 def needs_model(cfg: SweepConfig) -> bool:
@@ -268,6 +304,10 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
     print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once; output {cfg.run_dir}")
     print(f"  a failing trial is retried {cfg.recovery.max_failures} time(s) from its last checkpoint; "
           f"{cfg.recovery.keep_checkpoints} best checkpoint(s) + the latest kept per trial")
+    for how, name in dict.fromkeys(diversity_embeddings(cfg)):
+        from trainables.data.selection.diversity import embedding_label
+
+        print(f"  diversity (embedding: {how}) embeds with {embedding_label(how, name)}")
     for i, point in enumerate(p["grid"]):
         print(f"  trial {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
 
@@ -464,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             prescore(cfg, tokenizer, model)
         except ValueError as e:
             fail([str(e)])
+    preembed(cfg)
     print_plan(cfg, plan(cfg, tokenizer, model))
     del model
 

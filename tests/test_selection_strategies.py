@@ -97,9 +97,9 @@ def test_weighted(pool, how):
 def test_diversity_is_greedy_k_center(pool):
     from trainables.data.selection.diversity import embed
 
-    x = embed([e.text for e in pool]).toarray()
+    x = embed([e.text for e in pool], "tfidf").toarray()  # sentence embeddings: test_selection_diversity.py
     dist = 1 - x @ x.T
-    chosen = select(pool, SelectionConfig(strategy="diversity", n=N), 3)
+    chosen = select(pool, SelectionConfig(strategy="diversity", n=N, embedding="tfidf"), 3)
     at = [ids(pool).index(e.id) for e in chosen]
     assert at[0] == random.Random(3).randrange(len(pool))
     for k in range(1, N):  # every pick is (one of) the farthest from all earlier picks
@@ -113,10 +113,11 @@ def test_offset_and_token_budget_apply_to_every_strategy(pool):
         return len(e.text) // 4
 
     for strategy in ("random", "longest", "score", "weighted", "diversity"):
-        full = ids(select(pool, SelectionConfig(strategy=strategy, n=30), 1))
-        assert ids(select(pool, SelectionConfig(strategy=strategy, n=10, offset=5), 1)) == full[5:15]
+        cfg = SelectionConfig(strategy=strategy, embedding="tfidf")
+        full = ids(select(pool, cfg.model_copy(update={"n": 30}), 1))
+        assert ids(select(pool, cfg.model_copy(update={"n": 10, "offset": 5}), 1)) == full[5:15]
         budget = 3000
-        chosen = select(pool, SelectionConfig(strategy=strategy, token_budget=budget), 1, n_tokens)
+        chosen = select(pool, cfg.model_copy(update={"n": None, "token_budget": budget}), 1, n_tokens)
         total = sum(n_tokens(e) for e in chosen)
         assert total >= budget and total - n_tokens(chosen[-1]) < budget  # met within one example
         assert ids(chosen) == full[: len(chosen)]

