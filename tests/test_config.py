@@ -101,3 +101,9 @@ def test_yaml_is_never_code(tmp_path):
 def test_model_dump_roundtrip():
     cfg, _ = load_sweep("sweeps/lora_rank.yaml")
     assert SweepConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def test_baselines_hold_out_the_same_rows_as_lora_rank():
+    # eval_loss of the zero/few-shot baselines and of the LoRA trials must come from the same rows.
+    lora, base = load_sweep("sweeps/lora_rank.yaml")[0].data, load_sweep("sweeps/baselines.yaml")[0].data
+    assert (base.train, base.eval_size, base.split_seed) == (lora.train, lora.eval_size, lora.split_seed)
