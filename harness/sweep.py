@@ -453,7 +453,16 @@ try:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     class _WandbCallback(WandbLoggerCallback):
-        """Ray's W&B callback, minus the traceback its __del__ prints at interpreter exit."""
+        """Ray's W&B callback, minus the traceback its __del__ prints at interpreter exit, and without its
+        30-minute hang on Ctrl-C: a trial interrupted by the stop never tells its logging actor to finish,
+        and Ray then waits upload_timeout (1800 s) for it. We tell every remaining actor to finish (it
+        flushes and closes its run), then wait a bounded time."""
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            for trial in list(self._trial_queues):
+                self._signal_logging_actor_stop(trial=trial)
+            self._upload_timeout = 60 if os.environ.get("WANDB_MODE") == "offline" else 300
+            super().on_experiment_end(trials, **info)
 
         def __del__(self) -> None:
             try:

@@ -214,3 +214,25 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{run_dir / 'optuna.db'}")
     told = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert told == sorted(float(r["eval_loss"]) for r in after.values())
+
+
+def test_ctrl_c_with_wandb_on_exits_promptly_and_keeps_what_was_reported(tmp_path):
+    """Ctrl-C in the middle of trials, W&B logging on: the driver must not hang on W&B's logging actors
+    of the interrupted trials (Ray waits 30 minutes for them by default), and what was reported stays."""
+    args = ["sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=ctrlc", *TINY, "wandb.enabled=true",
+            "wandb.mode=offline", "--no-report"]
+    run_dir = tmp_path / "ctrlc"
+    proc = start_sweep(*args)
+    wait_for(proc, lambda: any(history(run_dir, r["trial_id"]) for r in read_csv(run_dir / "results.csv")))
+    t0 = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)  # the driver, as a terminal's Ctrl-C reaches it
+    try:
+        proc.wait(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the sweep did not exit within 150 s of Ctrl-C")
+    assert time.monotonic() - t0 < 150
+    reported = [r for r in read_csv(run_dir / "results.csv") if history(run_dir, r["trial_id"])]
+    assert reported and all(r["eval_loss"] for r in reported)
+    runs = {d.name.rsplit("-", 1)[1] for d in (run_dir / "wandb").glob("offline-run-*")}
+    assert {r["trial_id"] for r in reported} <= runs  # every trial that reported has its offline W&B run
