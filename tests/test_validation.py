@@ -96,7 +96,8 @@ CASES = [
                                     "scheduler.type: fifo"]),
     # the machine, the model, the data, the judge
     (["resources.gpus_per_trial=1"],
-     ["resources.gpus_per_trial: GPUs requested but this machine has none; set it to 0"]),
+     ["resources.gpus_per_trial: GPUs requested (1 per trial) but this machine has none; set it to 0, or run "
+      "on a cluster with --address"]),
     (["model.name=no-such-model"], ["model.name: 'no-such-model' is neither an embedded model "
                                     "(smollm2-135m-instruct), a local checkpoint directory, nor a Hugging Face id "
                                     "like 'org/name'"]),
