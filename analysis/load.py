@@ -156,7 +156,7 @@ def _status_column(df: pd.DataFrame) -> pd.Series:
     if "stopped_early" in df:
         flag = df["stopped_early"].astype(str).str.lower().isin(["true", "1", "yes"])
         status = status.where(~(flag & (status == "TERMINATED")), "EARLY_STOPPED")
-    return status
+    return status.replace({"INTERRUPTED": "RUNNING"})  # Ctrl-C: unfinished, --resume continues it
 
 
 def read_results(path: Path) -> pd.DataFrame:

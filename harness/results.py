@@ -71,7 +71,9 @@ def _failures(trial: Any) -> int:
 
 
 def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
-              ties: dict[str, Any] | None = None) -> dict[str, Any]:
+              ties: dict[str, Any] | None = None, ended: bool = True) -> dict[str, Any]:
+    """One results.csv row. `ended`: Ray told the callbacks the trial completed (or failed); a trial
+    that Ray marks TERMINATED without that was stopped by Ctrl-C: INTERRUPTED, and --resume goes on."""
     last = dict(trial.last_result or {})
     params = {**trial.config, **(ties or {})}
     status = trial.status
@@ -81,6 +83,8 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
         finished = last.get("step", 0) >= last["total_steps"]
     else:
         finished = (last.get("report", last.get("training_iteration", 0)) or 0) >= reports_per_trial
+    if status == "TERMINATED" and not finished and not ended:
+        status = "INTERRUPTED"
     stopped_early = status == "TERMINATED" and not finished
     if stopped_early:
         status = "EARLY_STOPPED"
@@ -118,6 +122,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+ENDED = ".ended"  # marker in trials/<id>/: Ray reported the trial complete or failed
+
+
 class ResultsWriter(tune.Callback):
     def __init__(self, run_dir: Path, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
                  base: dict[str, Any], store: Any = None):
@@ -138,8 +145,8 @@ class ResultsWriter(tune.Callback):
         from harness.space import tied_values
 
         space = SweepConfig.model_validate(self.base).search.space
-        return [trial_row(t, self.searched, self.extra_metrics, self.reports_per_trial, tied_values(t.config, space))
-                for t in trials]
+        return [trial_row(t, self.searched, self.extra_metrics, self.reports_per_trial, tied_values(t.config, space),
+                          ended=(self.run_dir / "trials" / t.trial_id / ENDED).exists()) for t in trials]
 
     def write(self, trials: list[Any], final: bool = False) -> None:
         write_csv(self.run_dir / "results.csv", self.rows(trials))
@@ -169,9 +176,11 @@ class ResultsWriter(tune.Callback):
         self.write(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        (self._trial_dir(trial) / ENDED).touch()  # a file: a resumed sweep must still know it
         self.write(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        (self._trial_dir(trial) / ENDED).touch()
         # Ray keeps the traceback in its session dir; keep a copy with the trial's other files.
         if trial.error_file and Path(trial.error_file).exists():
             text = redact(Path(trial.error_file).read_text(errors="replace"))

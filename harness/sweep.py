@@ -648,6 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     summarize(cfg, rows)
     stopped = sum(r["status"] == "EARLY_STOPPED" for r in rows)
     print(f"{len(rows)} trials in {wall:.0f} s ({stopped} stopped early); results: {run_dir / 'results.csv'}")
+    interrupted = [r["trial_id"] for r in rows if r["status"] in ("INTERRUPTED", "RUNNING", "PENDING")]
+    if interrupted:  # Ctrl-C: everything reported so far is saved; the rest goes on with --resume
+        again = run_metadata(argv if argv is not None else sys.argv[1:])["command"]
+        print(f"interrupted: {len(interrupted)} trial(s) unfinished, their checkpoints kept; continue with: "
+              f"{again}{'' if '--resume' in again else ' --resume'}", file=sys.stderr)
+        return 130
     if not args.no_report:
         _report(run_dir)
     store.push()

@@ -216,9 +216,10 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     assert told == sorted(float(r["eval_loss"]) for r in after.values())
 
 
-def test_ctrl_c_with_wandb_on_exits_promptly_and_keeps_what_was_reported(tmp_path):
+def test_ctrl_c_with_wandb_on_exits_promptly_keeps_what_was_reported_and_resumes(tmp_path):
     """Ctrl-C in the middle of trials, W&B logging on: the driver must not hang on W&B's logging actors
-    of the interrupted trials (Ray waits 30 minutes for them by default), and what was reported stays."""
+    of the interrupted trials (Ray waits 30 minutes for them by default), what was reported stays, the
+    interrupted trials are INTERRUPTED (not "stopped early"), and --resume finishes them."""
     args = ["sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=ctrlc", *TINY, "wandb.enabled=true",
             "wandb.mode=offline", "--no-report"]
     run_dir = tmp_path / "ctrlc"
@@ -231,8 +232,17 @@ def test_ctrl_c_with_wandb_on_exits_promptly_and_keeps_what_was_reported(tmp_pat
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the sweep did not exit within 150 s of Ctrl-C")
-    assert time.monotonic() - t0 < 150
-    reported = [r for r in read_csv(run_dir / "results.csv") if history(run_dir, r["trial_id"])]
+    assert time.monotonic() - t0 < 150 and proc.returncode == 130
+    out = proc.stdout.read()
+    assert "interrupted:" in out and "--resume" in out
+    rows = read_csv(run_dir / "results.csv")
+    reported = [r for r in rows if history(run_dir, r["trial_id"])]
     assert reported and all(r["eval_loss"] for r in reported)
+    assert any(r["status"] == "INTERRUPTED" for r in rows) and not any(r["stopped_early"] == "true" for r in rows)
     runs = {d.name.rsplit("-", 1)[1] for d in (run_dir / "wandb").glob("offline-run-*")}
     assert {r["trial_id"] for r in reported} <= runs  # every trial that reported has its offline W&B run
+
+    resumed = run_sweep(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = read_csv(run_dir / "results.csv")
+    assert len(after) == 3 and all(r["status"] == "TERMINATED" for r in after), after
