@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from trainables.data.config import CurriculumConfig, DataConfig, SelectionConfig, Strict
 from trainables.evaluate.config import EvalConfig
@@ -60,6 +60,11 @@ class TrainConfig(Strict):
                                                            "2 when curriculum.order is set; 1 = off")
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: object) -> object:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads off as false
 
 
 class LoraConfig(Strict):
@@ -128,12 +133,24 @@ class SchedulerConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: float = Field(0, ge=0)
+    """What one trial reserves. With several workers the trial's CPUs and GPUs are split evenly among them."""
+
+    cpus_per_trial: float = Field(1, gt=0, description="torch threads = CPUs per worker (at least 1)")
+    gpus_per_trial: float = Field(0, ge=0, description="fractions share a GPU (each process capped to its share)")
+    workers_per_trial: int = Field(1, ge=1, description="data-parallel workers (Ray Train TorchTrainer + DDP)")
 
 
 class RayConfig(Strict):
-    address: str | None = Field(None, description="existing cluster ('auto', 'ray://h:p'); else RAY_ADDRESS or local")
+    address: str | None = Field(
+        None, description="'auto', 'host:port' or 'ray://host:10001' joins a cluster; default: RAY_ADDRESS, else local"
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v in ("auto", "local") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", v):
+            return v
+        raise ValueError("expected auto, local, host:port (GCS, default port 6379) or ray://host:port (Ray Client)")
 
 
 class RecoveryConfig(Strict):
@@ -150,7 +167,8 @@ class RecoveryConfig(Strict):
 
 
 class OutputConfig(Strict):
-    dir: str = Field("runs", description="sweeps land in <dir>/<name>/")
+    dir: str = Field("runs", description="sweeps land in <dir>/<name>/; a shared path or a URI (s3://, gs://)")
+    mirror: str = Field("runs", description="local working copy of <name>/ when dir is a URI (results.csv, report)")
     save_adapter: bool = True
 
 
@@ -192,8 +210,23 @@ class SweepConfig(Strict):
         return self
 
     @property
+    def storage(self) -> str:
+        """Where the sweep's files live: an absolute path, or a URI (s3://bucket/runs/<name>)."""
+        if "://" in self.output.dir:
+            return f"{self.output.dir.rstrip('/')}/{self.name}"
+        return str(Path(self.output.dir).expanduser().resolve() / self.name)
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.output.dir).expanduser().resolve() / self.name
+        """The sweep's local directory: the storage itself, or its local mirror when storage is a URI."""
+        if "://" in self.output.dir:
+            return Path(self.output.mirror).expanduser().resolve() / self.name
+        return Path(self.storage)
+
+    @property
+    def ray_address(self) -> str:
+        """The cluster to join: ray.address (or --address), else RAY_ADDRESS, else 'local' (a private instance)."""
+        return self.ray.address or os.environ.get("RAY_ADDRESS") or "local"
 
     @property
     def reports_per_trial(self) -> int:
@@ -389,17 +422,35 @@ def judge_key_problems(eval_cfg: EvalConfig, judge_searched: bool = False) -> li
             f"is not set; export {judge.api_key_env}=... (any value for a server without keys)"]
 
 
-def gpu_problems(resources: ResourcesConfig, ray_address: str | None) -> list[str]:
-    """GPUs asked for on a machine without any (a cluster given by address may have them)."""
-    if resources.gpus_per_trial <= 0 or ray_address is not None:
-        return []
-    try:
-        import torch
-    except ImportError:
-        return []
-    if torch.cuda.is_available():
-        return []
-    return ["resources.gpus_per_trial: GPUs requested but this machine has none; set it to 0"]
+def resource_problems(r: ResourcesConfig, ray_address: str) -> list[str]:
+    """Shapes no machine can run, and, on a local Ray only, trials bigger than this machine. With a
+    cluster address a big trial is fine: Ray keeps it pending until a node that fits joins."""
+    problems = []
+    if r.workers_per_trial == 1 and r.gpus_per_trial > 1:
+        problems.append(f"resources.gpus_per_trial: one worker trains on one GPU (got {r.gpus_per_trial:g}); set "
+                        f"resources.workers_per_trial: {math.ceil(r.gpus_per_trial)} for data-parallel training")
+    per_worker = r.gpus_per_trial / r.workers_per_trial
+    if r.workers_per_trial > 1 and r.gpus_per_trial and not per_worker.is_integer():
+        problems.append(f"resources.gpus_per_trial: {r.gpus_per_trial:g} GPUs over {r.workers_per_trial} workers is "
+                        f"{per_worker:g} each, but each data-parallel worker needs whole GPUs (NCCL); use a "
+                        "multiple of resources.workers_per_trial")
+    if ray_address != "local":
+        return problems
+    cpus = os.cpu_count() or 1
+    if r.cpus_per_trial > cpus:
+        problems.append(f"resources.cpus_per_trial: a trial needs {r.cpus_per_trial:g} CPUs but this machine has {cpus}; "
+                        "lower it, or run on a cluster with --address")
+    if r.gpus_per_trial > 0:
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except ImportError:
+            gpus = 0
+        if gpus < math.ceil(r.gpus_per_trial):
+            problems.append(f"resources.gpus_per_trial: GPUs requested ({r.gpus_per_trial:g} per trial) but this "
+                            f"machine has {gpus or 'none'}; set it to 0, or run on a cluster with --address")
+    return problems
 
 
 def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
@@ -418,7 +469,7 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.type} needs more reports than grace_period "
                         f"({cfg.reports_per_trial} = train.epochs x train.evals_per_epoch); raise evals_per_epoch "
                         "or use scheduler.type: fifo")
-    problems += gpu_problems(cfg.resources, cfg.ray.address)
+    problems += resource_problems(cfg.resources, cfg.ray_address)
     problems += judge_key_problems(cfg.eval, "eval.judge.enabled" in cfg.search.space)
     cur = cfg.curriculum
     if cur.order == "staged" and cur.epochs_per_stage and cur.epochs_per_stage * cur.stages > cfg.train.epochs:

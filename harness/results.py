@@ -4,6 +4,8 @@
 appends it to trials/<id>/metrics.jsonl and rewrites results.csv atomically, so a kill at
 any moment leaves the last complete table on disk. It rebuilds the table from Ray's trial
 list each time, so after a resume it continues where the restored experiment stands.
+When the sweep is stored at a URI it writes the local copy and uploads what changed
+(harness/storage.py), at most every PUSH_EVERY_S seconds and at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from trainables.secrets import redact
 
 LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures"]
 TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
+PUSH_EVERY_S = 10.0
 COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
 # Reported every time but not worth a results column (they are in metrics.jsonl).
 HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report"}
@@ -124,8 +127,9 @@ ENDED = ".ended"  # marker in trials/<id>/: Ray reported the trial complete or f
 
 class ResultsWriter(tune.Callback):
     def __init__(self, run_dir: Path, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
-                 base: dict[str, Any]):
+                 base: dict[str, Any], store: Any = None):
         self.run_dir = Path(run_dir)
+        self.store = store  # harness.storage.Storage; None: run_dir is all there is
         self.searched = searched
         self.extra_metrics = extra_metrics
         self.reports_per_trial = reports_per_trial
@@ -144,8 +148,10 @@ class ResultsWriter(tune.Callback):
         return [trial_row(t, self.searched, self.extra_metrics, self.reports_per_trial, tied_values(t.config, space),
                           ended=(self.run_dir / "trials" / t.trial_id / ENDED).exists()) for t in trials]
 
-    def write(self, trials: list[Any]) -> None:
+    def write(self, trials: list[Any], final: bool = False) -> None:
         write_csv(self.run_dir / "results.csv", self.rows(trials))
+        if self.store is not None:
+            self.store.push(every_s=0 if final else PUSH_EVERY_S)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from harness.config import SweepConfig
@@ -182,7 +188,7 @@ class ResultsWriter(tune.Callback):
         self.write(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.write(trials)
+        self.write(trials, final=True)
 
 
 def write_best(run_dir: Path, rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ import yaml
 
 from harness.config import ConfigError, SweepConfig, load_sweep
 from harness.space import grid_points, param_space
+from harness.storage import Storage
 
 EXIT_CONFIG = 2
 META_KEYS = ("command", "git_commit", "hardware")  # written into sweep.yaml beside the config
@@ -61,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output dir")
     ap.add_argument("--retry-errored", action="store_true",
                     help="with --resume: run failed trials again from their last checkpoint")
-    ap.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: local")
+    ap.add_argument("--address", help="Ray cluster to join ('auto', 'host:6379', 'ray://host:10001'); "
+                                      "default: ray.address, else RAY_ADDRESS, else a private local instance")
     ap.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     return ap.parse_intermixed_args(argv)  # overrides may follow flags
 
@@ -91,8 +93,8 @@ def section_problems(raw: dict | None) -> list[str]:
         ModelConfig,
         RayConfig,
         ResourcesConfig,
-        gpu_problems,
         judge_key_problems,
+        resource_problems,
     )
     from trainables.data.config import DataConfig
 
@@ -108,7 +110,8 @@ def section_problems(raw: dict | None) -> list[str]:
     data, model, evals = section("data", DataConfig), section("model", ModelConfig), section("eval", EvalConfig)
     resources, ray = section("resources", ResourcesConfig), section("ray", RayConfig)
     problems = existence_problems(data, model.name)[0] if data and model else []
-    problems += gpu_problems(resources, ray.address) if resources and ray else []
+    address = (ray.address if ray else None) or os.environ.get("RAY_ADDRESS") or "local"
+    problems += resource_problems(resources, address) if resources else []
     space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
     searched = isinstance(space, dict) and "eval.judge.enabled" in space
     return problems + (judge_key_problems(evals, searched) if evals else [])
@@ -285,7 +288,8 @@ def plan(cfg: SweepConfig, tokenizer: Any, model: Any = None) -> dict[str, Any]:
         "trials": count_trials(cfg.search), "grid": points, "examples": f"{prep.stats['n_examples']}{note}",
         "tokens_per_epoch": per_epoch, "tokens_per_trial": per_epoch * cfg.train.epochs,
         "steps_per_epoch": steps, "reports_per_trial": cfg.reports_per_trial,
-        "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+        "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial,
+                      "workers": cfg.resources.workers_per_trial},
         "concurrent": cfg.search.max_concurrent,
     }
 
@@ -301,7 +305,9 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
     else:
         print(f"  per trial: {p['examples']} examples, {p['tokens_per_epoch']} tokens/epoch x {cfg.train.epochs} "
               f"epochs = {p['tokens_per_trial']} tokens, {p['steps_per_epoch']} steps/epoch, {p['reports_per_trial']} reports")
-    print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once; output {cfg.run_dir}")
+    where = cfg.storage if cfg.storage == str(cfg.run_dir) else f"{cfg.storage} (local copy {cfg.run_dir})"
+    print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once on {cfg.ray_address} Ray; "
+          f"output {where}")
     print(f"  a failing trial is retried {cfg.recovery.max_failures} time(s) from its last checkpoint; "
           f"{cfg.recovery.keep_checkpoints} best checkpoint(s) + the latest kept per trial")
     for how, name in dict.fromkeys(diversity_embeddings(cfg)):
@@ -321,43 +327,64 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_state(run_dir: Path) -> tuple[int, int]:
+def run_state(store: Storage) -> tuple[int, int]:
     """(trials finished, trials recorded) in an earlier run's results.csv."""
-    rows = _read_rows(run_dir / "results.csv")
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(store.read_text("results.csv") or "")))
     return sum(r.get("status") in ("TERMINATED", "EARLY_STOPPED", "ERROR") for r in rows), len(rows)
 
 
-def check_run_dir(cfg: SweepConfig, resume: bool, n_trials: int) -> bool:
-    """Refuse to mix two different sweeps in one directory; offer to resume an unfinished run of this
+def open_storage(cfg: SweepConfig) -> Storage:
+    """The sweep's storage, with run_dir as the local copy of a URI; an unreachable URI is a config error."""
+    try:
+        return Storage(cfg.storage, mirror=cfg.run_dir)
+    except (OSError, ValueError) as e:  # pyarrow: unknown scheme, no credentials, no network
+        fail([f"output.dir: cannot open {cfg.storage} ({str(e).splitlines()[0]}); check the URI, the "
+              "credentials (e.g. AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) and the network"])
+
+
+def _what_it_computes(doc: dict) -> dict:
+    """A sweep config minus where it runs: resuming on another machine or cluster is the same sweep."""
+    doc = {k: v for k, v in doc.items() if k not in (*META_KEYS, "ray")}
+    doc["output"] = {k: v for k, v in (doc.get("output") or {}).items() if k != "mirror"}
+    return doc
+
+
+def check_run_dir(cfg: SweepConfig, resume: bool, n_trials: int, store: Storage) -> bool:
+    """Refuse to mix two different sweeps in one place; offer to resume an unfinished run of this
     one (asked on a terminal, else named in the error). Returns whether to resume."""
-    saved = cfg.run_dir / "sweep.yaml"
-    if not saved.exists():
+    saved = store.read_text("sweep.yaml")
+    where = cfg.storage
+    if saved is None:
         if resume:
-            fail([f"--resume: {cfg.run_dir} holds no sweep to resume; run without --resume"])
+            fail([f"--resume: {where} holds no sweep to resume; run without --resume"])
+        if store.remote and (cfg.run_dir / "sweep.yaml").exists():
+            fail([f"output.mirror: {cfg.run_dir} holds files of a sweep that {where} does not; "
+                  "delete that directory or set another output.mirror"])
         return False
-    old = yaml.safe_load(saved.read_text()) or {}
-    for key in META_KEYS:
-        old.pop(key, None)
-    new = cfg.model_dump(mode="json")
+    old = _what_it_computes(yaml.safe_load(saved) or {})
+    new = _what_it_computes(cfg.model_dump(mode="json"))
     if old != new:
         a, b = _flat(old), _flat(new)
         keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-        fail([f"output.dir: {cfg.run_dir} holds a different sweep (it differs in {shown}); pick another "
+        fail([f"output.dir: {where} holds a different sweep (it differs in {shown}); pick another "
               "name= or output.dir=, or delete that directory"
               + ("; --resume needs the sweep file and overrides of the run it continues" if resume else "")])
     if resume:
         return True
-    done, recorded = run_state(cfg.run_dir)
+    done, recorded = run_state(store)
     if done >= max(n_trials, recorded) > 0:
-        fail([f"output.dir: {cfg.run_dir} already holds a finished run of this sweep ({done} trials); pick "
+        fail([f"output.dir: {where} already holds a finished run of this sweep ({done} trials); pick "
               "another name= or output.dir= to run it again"])
     if sys.stdin.isatty():
-        answer = input(f"{cfg.run_dir} holds an unfinished run of this sweep ({done} of {n_trials} trials "
+        answer = input(f"{where} holds an unfinished run of this sweep ({done} of {n_trials} trials "
                        "finished). Resume it? [Y/n] ")
         if answer.strip().lower() in ("", "y", "yes"):
             return True
-    fail([f"output.dir: {cfg.run_dir} holds an unfinished run of this sweep ({done} of {n_trials} trials "
+    fail([f"output.dir: {where} holds an unfinished run of this sweep ({done} of {n_trials} trials "
           "finished); add --resume to continue it, or pick another name= to start afresh"])
     return False
 
@@ -365,7 +392,30 @@ def check_run_dir(cfg: SweepConfig, resume: bool, n_trials: int) -> bool:
 # ----------------------------------------------------------------------------- Ray Tune
 
 
-def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, retry_errored: bool = False) -> Any:
+# A data-parallel trial's own process only drives its Ray Train workers (which reserve the CPUs and
+# GPUs); Ray needs some resource in its request, so it asks for a little memory instead of a CPU.
+DRIVER_MEMORY = 256 * 2**20
+
+
+def trial_resources(base: dict[str, Any]) -> Any:
+    """Resources of each trial, from its own config (resources.* may be searched)."""
+    from ray import tune
+
+    from harness.space import resolve
+
+    space = SweepConfig.model_validate(base).search.space
+
+    def request(params: dict[str, Any]) -> Any:
+        r = SweepConfig.model_validate(resolve(base, params, space)).resources
+        bundle = ({"CPU": 0, "memory": DRIVER_MEMORY} if r.workers_per_trial > 1
+                  else {"CPU": r.cpus_per_trial, "GPU": r.gpus_per_trial})
+        return tune.PlacementGroupFactory([bundle])
+
+    return request
+
+
+def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Storage,
+                retry_errored: bool = False) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
@@ -375,14 +425,12 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, retry_erro
 
     run_dir = cfg.run_dir
     trial_fn = eval_trial if cfg.eval.only else train_trial  # eval-only: baselines, decoding sweeps
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, base=base, run_dir=str(run_dir)),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
-    )
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=base, storage=cfg.storage),
+                                    trial_resources(base))
     if resume:
         # Finished trials stay as they are; interrupted ones go on from their last checkpoint; failed ones
         # already had their retries (recovery.max_failures) unless --retry-errored asks for more.
-        return tune.Tuner.restore(str(run_dir / "tune"), trainable, resume_unfinished=True,
+        return tune.Tuner.restore(store.uri("tune"), trainable, resume_unfinished=True,
                                   resume_errored=retry_errored)
 
     s, sc = cfg.search, cfg.scheduler
@@ -411,10 +459,10 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, retry_erro
     reporter = tune.CLIReporter(
         parameter_columns=[p for p in searched if p not in s.space or s.space[p].kind != "tie"],
         metric_columns={"training_iteration": "report", s.metric: s.metric, "best_eval_loss": "best",
-                        "tokens_per_second": "tok/s"},
+                        "tokens_per_second": "tok/s", "node": "node"},
         max_report_frequency=15, sort_by_metric=True,
     )
-    callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base)]
+    callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base, store)]
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         callbacks.append(_WandbCallback(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.name,
                                              dir=str(run_dir), mode=cfg.wandb.mode, log_config=True))
@@ -427,12 +475,50 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, retry_erro
             reuse_actors=False,  # a fresh worker process per trial: memory cannot creep across trials
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(run_dir), callbacks=callbacks, verbose=1, progress_reporter=reporter,
+            name="tune", storage_path=cfg.storage, callbacks=callbacks, verbose=1, progress_reporter=reporter,
             failure_config=tune.FailureConfig(max_failures=cfg.recovery.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.recovery.keep_checkpoints,
                                                     checkpoint_score_attribute=score, checkpoint_score_order=order),
         ),
     )
+
+
+def connect(cfg: SweepConfig) -> None:
+    """Join the cluster at cfg.ray_address, or start a private local Ray instance ("local"): without
+    "local" Ray would join whatever cluster a `ray start` left running on this machine."""
+    import ray
+
+    address = cfg.ray_address
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "configure_logging": True}
+
+    def quiet_train_cleaner() -> None:
+        """Ray Train's placement-group cleaner asks the state API every second whether its run is alive;
+        without the dashboard (ray[default]) each failed query is a warning on this console. Nested, so
+        that Ray ships it by value: it runs before a worker can import this project."""
+        import logging
+
+        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+            logging.ERROR)
+
+    if any(w > 1 for w in _levels(cfg, "resources.workers_per_trial")) and not address.startswith("ray://"):
+        kwargs["runtime_env"] = {"worker_process_setup_hook": quiet_train_cleaner}
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, **kwargs)
+        return
+    try:
+        ray.init(address=address, **kwargs)
+    except Exception as e:  # noqa: BLE001 - every way of not reaching the cluster ends the same way
+        causes = [e]
+        while causes[-1].__cause__ is not None:
+            causes.append(causes[-1].__cause__)
+        if any("Authentication" in type(c).__name__ or "InvalidAuthToken" in str(c) for c in causes):
+            hint = ("the cluster requires its token: export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+                    "(or copy ~/.ray/auth_token from the head node)")
+        elif address.startswith("ray://") and any(isinstance(c, ImportError) for c in causes):
+            hint = "Ray Client needs `pip install 'ray[client]'`, or use host:port (the GCS port, 6379)"
+        else:
+            hint = "check that the head node runs (`ray status --address HOST:PORT` there) and the host and port"
+        fail([f"ray.address: cannot join the Ray cluster at {address} ({type(e).__name__}); {hint}"])
 
 
 def _quiet_env(cfg: SweepConfig) -> None:
@@ -502,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(cfg, plan(cfg, tokenizer))
         return 0
-    resume = check_run_dir(cfg, args.resume, count_trials(cfg.search))
+    store = open_storage(cfg)
+    resume = check_run_dir(cfg, args.resume, count_trials(cfg.search), store)
     model = None
     if needs_model(cfg):
         from trainables.models import load_model
@@ -521,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
-        resume = _prepare_resume(run_dir / "tune")
+        store.pull()  # a URI's results, histories and Optuna study: resume on any machine
+        resume = _prepare_resume(store)
     else:
         from trainables.paths import atomic_write_text
         from trainables.secrets import redact
@@ -529,15 +617,12 @@ def main(argv: list[str] | None = None) -> int:
         meta = run_metadata(argv if argv is not None else sys.argv[1:])
         text = yaml.safe_dump({**base, **meta}, sort_keys=False)
         atomic_write_text(run_dir / "sweep.yaml", redact(text, (cfg.eval.judge.api_key_env,)))
+        store.push()
 
     _quiet_env(cfg)
-    import ray
-
-    # "local" starts a private instance: without it Ray joins whatever cluster `ray start` left running.
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    connect(cfg)
     t0 = time.perf_counter()
-    tuner = build_tuner(cfg, base, resume, args.retry_errored)
+    tuner = build_tuner(cfg, base, resume, store, args.retry_errored)
     try:
         tuner.fit()
     except Exception:  # Ray Tune itself broke (a trial's failure never gets here): keep what is done
@@ -547,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainables.secrets import redact
 
         atomic_write_text(run_dir / "driver_error.txt", redact(traceback.format_exc()))
+        store.push()
         again = run_metadata(argv if argv is not None else sys.argv[1:])["command"]
         print(f"error: the sweep stopped ({traceback.format_exc().strip().splitlines()[-1][:200]}); finished "
               f"trials are in {run_dir / 'results.csv'}, the traceback in {run_dir / 'driver_error.txt'}; "
@@ -556,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     del tuner  # drop the W&B callback while the interpreter is whole (its __del__ needs ray)
     from harness.results import write_best
 
+    store.pull()  # what the trials wrote to a URI (evaluation outputs), for best.yaml and the report
     rows = _read_rows(run_dir / "results.csv")
     write_best(run_dir, rows, cfg.search.metric, cfg.search.mode)
     summarize(cfg, rows)
@@ -569,27 +656,30 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not args.no_report:
         _report(run_dir)
+    store.push()
     if rows and all(r["status"] == "ERROR" for r in rows):
         print(f"error: every trial failed; see the error column of {run_dir / 'results.csv'}", file=sys.stderr)
         return 1
     return 0
 
 
-def _prepare_resume(tune_dir: Path) -> bool:
-    """Repair what a kill left in Ray's state (harness/resume.py); False when there is nothing to
-    restore yet (killed before Ray saved its first state): the sweep then starts in the same directory."""
+def _prepare_resume(store: Storage) -> bool:
+    """Repair what a kill left in Ray's state (harness/resume.py; a local or shared path only: Ray writes
+    a URI's state in whole files); False when there is nothing to restore yet (killed before Ray saved
+    its first state): the sweep then starts in the same place."""
     from ray import tune
 
     from harness.resume import ResumeError, repair
 
-    try:
-        notes = repair(tune_dir)
-    except ResumeError as e:
-        fail([str(e)])
-    for note in notes:
-        print(f"resume: {note}")
-    if not tune.Tuner.can_restore(str(tune_dir)):
-        print(f"resume: no trial state saved in {tune_dir} yet; starting the sweep")
+    if not store.remote:
+        try:
+            notes = repair(store.local / "tune")
+        except ResumeError as e:
+            fail([str(e)])
+        for note in notes:
+            print(f"resume: {note}")
+    if not tune.Tuner.can_restore(store.uri("tune")):
+        print(f"resume: no trial state saved in {store.uri('tune')} yet; starting the sweep")
         return False
     return True
 

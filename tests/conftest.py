@@ -46,11 +46,15 @@ PLANTED_SECRETS = {
 }
 
 
-def run_sweep(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def sweep_env(**extra: str) -> dict[str, str]:
+    """The environment of a sweep subprocess: W&B offline, every Ray log line kept, the planted keys."""
+    return {**os.environ, **PLANTED_SECRETS, "WANDB_MODE": "offline", "RAY_DEDUP_LOGS": "0", **extra}
+
+
+def run_sweep(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m harness.sweep ARGS` in a subprocess, W&B offline, as a user would run it (with the
     planted fake API keys in its environment)."""
-    env = {**os.environ, **PLANTED_SECRETS, "WANDB_MODE": "offline", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env or sweep_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

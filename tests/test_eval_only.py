@@ -60,7 +60,7 @@ def test_eval_trial_under_ray_tune(tmp_path):
         "search": {"metric": "gen_new_tokens_mean", "space": {"eval.generate.temperature": {"grid": [0.0, 0.7]}}},
         "scheduler": {"type": "fifo"}, "wandb": {"enabled": False},
     })
-    trainable = tune.with_parameters(eval_trial, base=cfg.model_dump(), run_dir=str(tmp_path))
+    trainable = tune.with_parameters(eval_trial, base=cfg.model_dump(), storage=str(tmp_path))
     tuner = tune.Tuner(trainable, param_space={"eval.generate.temperature": tune.grid_search([0.0, 0.7])},
                        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="t"))
     results = tuner.fit()

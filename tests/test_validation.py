@@ -90,13 +90,14 @@ CASES = [
                                   "of: eval_loss, best_eval_loss, eval_perplexity, train_loss"]),
     (["eval.perplexity=[classical_zh/public_test.json]", "search.metric=ppl_public_test"],
      ["scheduler.type: asha stops trials on intermediate reports, but 'ppl_public_test' is only measured at the "
-      "end of a trial; use scheduler.type: fifo or search.metric: eval_loss"]),
+      "end of a trial; use scheduler.type: fifo or eval.perplexity_every_report: true"]),
     (["scheduler.grace_period=4"], ["scheduler.grace_period: asha needs more reports than grace_period (4 = "
                                     "train.epochs x train.evals_per_epoch); raise evals_per_epoch or use "
                                     "scheduler.type: fifo"]),
     # the machine, the model, the data, the judge
     (["resources.gpus_per_trial=1"],
-     ["resources.gpus_per_trial: GPUs requested but this machine has none; set it to 0"]),
+     ["resources.gpus_per_trial: GPUs requested (1 per trial) but this machine has none; set it to 0, or run "
+      "on a cluster with --address"]),
     (["model.name=no-such-model"], ["model.name: 'no-such-model' is neither an embedded model "
                                     "(smollm2-135m-instruct), a local checkpoint directory, nor a Hugging Face id "
                                     "like 'org/name'"]),

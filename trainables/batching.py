@@ -141,8 +141,10 @@ def token_loss_sum(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
 
 
 def _unwrapped(model: Any) -> Any:
-    """The transformers model under peft and torch.compile wrappers."""
+    """The transformers model under peft, DistributedDataParallel and torch.compile wrappers."""
     model = getattr(model, "_orig_mod", model)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

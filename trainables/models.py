@@ -106,7 +106,8 @@ def bf16_supported(device: str) -> bool:
     import torch
 
     if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # Native bf16 only: torch also says yes on GPUs that emulate it (a T4), where it is slow.
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -149,7 +150,8 @@ def load_model(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
         )
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # The current GPU: a data-parallel worker has set it to its own (trainables/distributed.py).
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
     else:
         kwargs["dtype"] = torch.float32 if device == "cpu" else compute_dtype(device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

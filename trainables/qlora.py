@@ -2,7 +2,9 @@
 
 Ray Tune runs `train_trial` once per trial in its own worker process. It receives the
 searched parameters (flat dotted keys), the full sweep config as a dict (`base`) and the
-sweep directory; everything it writes goes under <run_dir>/trials/<trial_id>/.
+sweep's storage (a path or a URI, harness/storage.py); everything it writes goes under
+<storage>/trials/<trial_id>/. `train_loop` talks to whatever runs it through a session
+(trainables/distributed.py): this process, or one of resources.workers_per_trial data-parallel workers.
 
 Arithmetic (defaults of sweeps/lora_rank.yaml): 100 examples / (batch 4 x accum 1)
 = 25 optimizer steps per epoch; x ~107 tokens per example = ~10.7k real tokens per epoch.
@@ -17,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -77,12 +77,13 @@ def order_batches(plan: list[list[int]], lengths: list[int], batch_size: int, *,
 
 
 def train_step(model: Any, batches: list[Batch], autocast: Callable[[], Any], optimizer: Any, scheduler: Any,
-               params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
+               params: list[torch.Tensor], max_grad_norm: float, n_labels: int | None = None) -> torch.Tensor:
     """One optimizer step: gradients of the mean response-token loss over the step's micro-batches
     (every token weighs the same, however the tokens fall into micro-batches), clip, step.
-    Returns the step's summed token loss as a device tensor: reading it is a host sync, so the
-    loop adds it up on the device and reads it only when it reports."""
-    n = max(sum(b.n_labels for b in batches), 1)  # counted on the host by collate / pack
+    `n_labels`: the response tokens of the whole step when `batches` is one data-parallel worker's
+    share of it (default: these batches'). Returns the step's summed token loss as a device tensor:
+    reading it is a host sync, so the loop adds it up on the device and reads it only when it reports."""
+    n = max(sum(b.n_labels for b in batches) if n_labels is None else n_labels, 1)  # counted on the host
     total = torch.zeros((), device=batches[0].targets.device)
     for b in batches:
         loss = token_loss_sum(model, b, autocast)
@@ -120,16 +121,26 @@ def report_steps(total_steps: int, n_reports: int) -> set[int]:
 # ----------------------------------------------------------------------------- the trial
 
 
-def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -> None:
+def train_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str) -> None:
+    """Ray Tune's entry point: train_loop in this process, or on resources.workers_per_trial workers."""
+    from harness.config import SweepConfig
+    from harness.space import resolve
+    from trainables.distributed import run
+
+    cfg = SweepConfig.model_validate(resolve(base, params, SweepConfig.model_validate(base).search.space))
+    run(train_loop, params, base=base, storage=storage, resources=cfg.resources)
+
+
+def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, session: Any) -> None:
     t_start = time.perf_counter()
     import transformers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
     from peft.utils import get_peft_model_state_dict
-    from ray import tune
     from transformers import get_scheduler
 
     from harness.config import SweepConfig
     from harness.space import resolve
+    from harness.storage import Storage
     from trainables.data.curriculum import CURRICULA
     from trainables.data.pipeline import prepare, subset_stats
     from trainables.models import bf16_supported, load_model
@@ -139,17 +150,20 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     transformers.utils.logging.disable_progress_bar()  # the driver's live table is the progress display
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecations, not the user's concern
-    ctx = tune.get_context()
-    trial_dir = Path(run_dir) / "trials" / ctx.get_trial_id()
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    store, trial_rel = Storage(storage), f"trials/{session.trial_id}"
+    trial_dir = store.workdir(trial_rel)  # the trial's directory, or its local copy when storage is a URI
     nan_marker = trial_dir / "nan_loss.txt"
     if nan_marker.exists():  # a retry would train into the same NaN again: fail at once, same message
         raise FloatingPointError(nan_marker.read_text(encoding="utf-8"))
-    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))
+    res = cfg.resources
+    torch.set_num_threads(max(1, int(res.cpus_per_trial / res.workers_per_trial)))
     seed_everything(tc.seed)
 
     # 1. Model ---------------------------------------------------------------------------------
     device = pick_device(tc.device)
+    if device == "cuda" and 0 < res.gpus_per_trial < 1:
+        # Ray shares the GPU but does not police its memory: cap this process at its share.
+        torch.cuda.set_per_process_memory_fraction(res.gpus_per_trial)
     model, tokenizer, load_times = load_model(
         cfg.model.name, cfg.model.quantization, cfg.model.trust_remote_code, device
     )
@@ -180,12 +194,14 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         raise ValueError(f"train.max_seq_len: {tc.max_seq_len} truncates every response away; raise it")
     if len(train) < len(prep.train):  # the recorded subset is the one that trains
         prep.stats.update(subset_stats(train, n_tokens), dropped_prompt_too_long=len(prep.train) - len(train))
-    atomic_write_text(trial_dir / "selected_ids.json", json.dumps([e.id for e in train]))
+    if session.is_main:
+        atomic_write_text(trial_dir / "selected_ids.json", json.dumps([e.id for e in train]))
     lengths = [n_tokens(e) for e in train]
     plan = CURRICULA.get(cfg.curriculum.order)(train, cfg.curriculum, tc.epochs, tc.seed, lengths)
     batches = order_batches(plan, lengths, tc.batch_size, packed=packed, group=tc.group_by_length,
                             group_size=tc.group_size, curriculum=cfg.curriculum.order)
-    total_steps = math.ceil(len(batches) / tc.grad_accum)
+    per_step = tc.grad_accum * session.world_size  # micro-batches per optimizer step, all workers together
+    total_steps = math.ceil(len(batches) / per_step)
     reports_at = report_steps(total_steps, cfg.reports_per_trial)
 
     def micro_batch(indices: list[int]) -> Batch:
@@ -208,10 +224,11 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.scheduler, optimizer, round(tc.warmup_ratio * total_steps), total_steps)
     # Compiled for the training forward only; eval and saving use the plain module (same weights).
-    forward = torch.compile(model, dynamic=True) if tc.compile else model
+    forward = session.wrap(model)  # DistributedDataParallel with several workers, else the model itself
+    forward = torch.compile(forward, dynamic=True) if tc.compile else forward
 
     step, tokens_seen, positions, train_seconds, heldout_seconds, best, resumed = 0, 0, 0, 0.0, 0.0, math.inf, {}
-    checkpoint = tune.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint:  # a retry or a resumed sweep: continue where the last report left off
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
@@ -223,12 +240,12 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
         torch.set_rng_state(state["rng"])
         resumed = {"resumed_from_report": state["metrics"]["report"]}
         if step >= total_steps:  # finished before the driver died: say so again, nothing to train
-            tune.report({**state["metrics"], **resumed, **_memory(device)})
+            session.report({**state["metrics"], **resumed, **_memory(device)})
             return
 
     static = {
         **prep.stats, "trainable_params": trainable_params, "seed": tc.seed, "total_steps": total_steps,
-        "node_id": ray_node_id(), "packing": float(packed), "setup_seconds": time.perf_counter() - t_start,
+        "packing": float(packed), "setup_seconds": time.perf_counter() - t_start,
         **load_times, **resumed,
     }
 
@@ -237,16 +254,18 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
     model.train()
     window_loss, window_tokens, t_window = torch.zeros((), device=device), 0, time.perf_counter()
     while step < total_steps:
-        step_batches = [micro_batch(mb) for mb in batches[step * tc.grad_accum : (step + 1) * tc.grad_accum]]
-        window_loss += train_step(forward, step_batches, autocast, optimizer, scheduler, params, tc.max_grad_norm)
-        window_tokens += sum(b.n_labels for b in step_batches)
+        step_batches = [micro_batch(mb) for mb in batches[step * per_step : (step + 1) * per_step]]
+        n_labels = sum(b.n_labels for b in step_batches)
+        window_loss += train_step(forward, session.step_share(step_batches), autocast, optimizer, scheduler, params,
+                                  tc.max_grad_norm, n_labels)
+        window_tokens += n_labels
         tokens_seen += sum(b.n_tokens for b in step_batches)
         positions += sum(b.n_positions for b in step_batches)
         step += 1
         if step not in reports_at:
             continue
 
-        train_loss = float(window_loss) / max(window_tokens, 1)  # the one host sync: reports only
+        train_loss = session.all_sum(window_loss) / max(window_tokens, 1)  # the one host sync: reports only
         train_seconds += time.perf_counter() - t_window
         t_eval, eval_loss_sets = time.perf_counter(), {}
         eval_loss = mean_loss(model, evals, tc.batch_size * 2, tokenizer.pad_token_id, device, autocast, packed)
@@ -267,18 +286,17 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], run_dir: str) -
             "heldout_seconds": heldout_seconds, "padding_fraction": 1 - tokens_seen / max(positions, 1),
             **eval_loss_sets,
         }
-        if step == total_steps:  # 5. end of trial: the expensive evaluations join the last report
+        if step == total_steps and session.is_main:  # 5. end of trial: the expensive evaluations join the last report
             metrics.update(_final_evaluations(cfg, model, tokenizer, trial_dir, prep.train))
             if cfg.output.save_adapter:
                 model.save_pretrained(trial_dir / "adapter")
-        with tempfile.TemporaryDirectory() as d:
-            torch.save({
-                "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
-                "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(), "metrics": metrics,
-                "positions": positions, "heldout_seconds": heldout_seconds,
-            }, Path(d) / "state.pt")
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            store.push(trial_rel)
+        session.report(metrics, {
+            "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
+            "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(), "metrics": metrics,
+            "positions": positions, "heldout_seconds": heldout_seconds,
+        })
         window_loss, window_tokens, t_window = torch.zeros((), device=device), 0, time.perf_counter()
 
 
@@ -294,15 +312,6 @@ def _memory(device: str) -> dict[str, float]:
     if device == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
-
-
-def ray_node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # outside Ray (direct calls in tests)
-        return os.uname().nodename
 
 
 def _report_perplexity(cfg: Any, model: Any, tokenizer: Any, trial_dir: Path, pool: list) -> dict[str, float]:

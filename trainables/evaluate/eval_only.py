@@ -88,18 +88,21 @@ def evaluate_config(cfg: Any, trial_dir: Path) -> dict[str, float]:
     return {**times, **held, **metrics, "seed": cfg.train.seed, "icl_shots": cfg.eval.icl_shots}
 
 
-def eval_trial(config: dict[str, Any], *, base: dict[str, Any], run_dir: str) -> None:
+def eval_trial(config: dict[str, Any], *, base: dict[str, Any], storage: str) -> None:
     """Ray Tune function trainable. config: flat searched params ({"eval.generate.temperature": 0.7});
-    base: SweepConfig.model_dump() of the sweep. Reports the metrics once."""
+    base: SweepConfig.model_dump() of the sweep; storage: the sweep's path or URI (harness/storage.py).
+    Reports the metrics once."""
     from ray import tune
 
     from harness.config import SweepConfig
     from harness.space import resolve
-    from trainables.qlora import ray_node_id
+    from harness.storage import Storage
+    from trainables.distributed import where
 
     cfg = SweepConfig.model_validate(resolve(base, config, SweepConfig.model_validate(base).search.space))
-    trial_dir = Path(run_dir) / "trials" / tune.get_context().get_trial_id()
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    store, rel = Storage(storage), f"trials/{tune.get_context().get_trial_id()}"
+    trial_dir = store.workdir(rel)
     atomic_write_text(trial_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=1))
     metrics = evaluate_config(cfg, trial_dir)
-    tune.report({**metrics, "node_id": ray_node_id()})
+    store.push(rel)
+    tune.report({**metrics, **where()})

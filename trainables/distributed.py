@@ -1,0 +1,190 @@
+"""One trial in one process, or data-parallel over several (Ray Train inside Ray Tune).
+
+The training loop (trainables/qlora.py `train_loop`) talks to whatever runs it through a session:
+  Session     the Ray Tune trial process itself (resources.workers_per_trial: 1): every method is the
+              identity or Ray Tune's own call, so a one-process trial runs exactly as without it
+  DDPSession  one of N Ray Train workers: the LoRA model wrapped in DistributedDataParallel, each worker
+              trains on its share of every optimizer step's micro-batches, gradients and loss sums are
+              summed over the workers (so N workers take exactly the step one process would take with
+              all the micro-batches), and rank 0 checkpoints and writes the trial's files; its reports
+              are the trial's reports
+
+`run` is Ray Tune's entry point. With several workers it follows Ray Train V2's pattern for Train inside
+Tune: the Tune trial becomes a thin driver (it reserves only a little memory, harness/sweep.py
+`trial_resources`) that runs a TorchTrainer (gloo on CPU, nccl on GPU) and forwards rank 0's reports
+to Tune with TuneReportCallback. The TorchTrainer reserves the workers' CPUs and GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.batching import Batch
+from trainables.data.tokenize import IGNORE
+
+
+def where() -> dict[str, str]:
+    """The Ray node this process runs on: node_id (results.csv) and a short label for the live table."""
+    host = socket.gethostname().split(".")[0]
+    try:
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (direct calls in tests)
+        return {"node_id": host, "node": host}
+    return {"node_id": node_id, "node": f"{host}/{node_id[:6]}"}
+
+
+class Session:
+    """A single-process trial: everything is local, reports go to Ray Tune."""
+
+    def __init__(self, trial_id: str, rank: int = 0, world_size: int = 1):
+        self.trial_id, self.rank, self.world_size = trial_id, rank, world_size
+        self.place = where()
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes the trial's files (selected ids, adapter, evaluations)."""
+        return self.rank == 0
+
+    def step_share(self, batches: list[Batch]) -> list[Batch]:
+        """This process's micro-batches of one optimizer step (every one, in one process). Every worker
+        gets the same count, as DDP syncs at every backward: a short share is topped up with a copy of
+        a micro-batch whose targets are all ignored (loss 0, gradient 0)."""
+        mine = batches[self.rank :: self.world_size]
+        blank = dataclasses.replace(batches[0], targets=torch.full_like(batches[0].targets, IGNORE), n_labels=0)
+        return mine + [blank] * (-(-len(batches) // self.world_size) - len(mine))
+
+    def wrap(self, model: Any) -> Any:
+        """The module to run training forward passes through."""
+        return model
+
+    def all_sum(self, value: float | torch.Tensor) -> float:
+        """`value` summed over all processes of the trial (one process: itself)."""
+        return float(value)
+
+    def checkpoint(self) -> Any:
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        """Report metrics (with this node), checkpointing `state` as state.pt when given."""
+        from ray import tune
+
+        metrics = {**metrics, **self.place, "world_size": self.world_size}
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+class DDPSession(Session):
+    """One Ray Train worker of a data-parallel trial (torch.distributed is already initialised)."""
+
+    def __init__(self, trial_id: str):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        super().__init__(trial_id, ctx.get_world_rank(), ctx.get_world_size())
+        if torch.cuda.is_available():  # Ray gives each worker its GPU; "cuda" now means that one
+            torch.cuda.set_device(ray.train.torch.get_device())
+
+    def wrap(self, model: Any) -> Any:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Every rank loaded the same base weights; only the trainable (LoRA) ones need rank 0's values.
+        # init_sync=False skips DDP's broadcast of the whole frozen model.
+        for p in model.parameters():
+            if p.requires_grad:
+                dist.broadcast(p.data, src=0)
+        on_gpu = next(p for p in model.parameters() if p.requires_grad).is_cuda
+        ddp = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if on_gpu else None,
+                                      init_sync=False)
+        # Sum the workers' gradients instead of averaging them: each worker's loss is already divided by
+        # the response tokens of the whole step (train_step's n_labels), as one process would divide it.
+        ddp.register_comm_hook(None, _sum_gradients)
+        return ddp
+
+    def all_sum(self, value: float | torch.Tensor) -> float:
+        import torch.distributed as dist
+
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t)
+
+    def checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        import ray.train
+
+        metrics = {**metrics, **self.place, "world_size": self.world_size}
+        # Every rank must report (it is a barrier); rank 0's metrics and checkpoint are the trial's.
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if self.is_main and state is not None:
+                torch.save(state, Path(d) / "state.pt")
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _sum_gradients(state, bucket):  # unannotated: DDP refuses string annotations (future import)
+    """DDP communication hook: all-reduce (sum) a bucket of gradients, without DDP's division by N."""
+    import torch.distributed as dist
+
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def _worker(train_loop: Callable[..., None], params: dict[str, Any], base: dict[str, Any], storage: str,
+            trial_id: str) -> None:
+    train_loop(params, base=base, storage=storage, session=DDPSession(trial_id))
+
+
+def run(train_loop: Callable[..., None], params: dict[str, Any], *, base: dict[str, Any], storage: str,
+        resources: Any) -> None:
+    """Run `train_loop(params, base=, storage=, session=)` for one Tune trial: in this process, or on
+    resources.workers_per_trial Ray Train workers (waiting for them).
+
+    The Ray Train run is named after the trial under <storage>/train/, so when Tune retries or resumes
+    the trial, Ray Train finds the run and its workers continue from its last checkpoint."""
+    import ray.train
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    n = resources.workers_per_trial
+    if n == 1:
+        train_loop(params, base=base, storage=storage, session=Session(trial_id))
+        return
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    gpus = resources.gpus_per_trial / n
+    trainer = TorchTrainer(
+        functools.partial(_worker, train_loop, params, base, storage, trial_id),
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=n, use_gpu=bool(gpus),
+            resources_per_worker={"CPU": resources.cpus_per_trial / n, **({"GPU": gpus} if gpus else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id, storage_path=f"{storage.rstrip('/')}/train", callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    trainer.fit()
