@@ -159,3 +159,20 @@ def test_compiled_model_trains_the_same_loss(lora_factory, encoded):
     model, params, opt, sched = lora_factory()
     compiled = two_steps(torch.compile(model, dynamic=True), params, opt, sched, batches)
     assert compiled == pytest.approx(plain, rel=1e-3)
+
+
+def test_loss_scaling_takes_the_same_step_and_skips_an_overflow(lora_factory, encoded):
+    # fp16 autocast (GPUs without bf16) trains with a GradScaler; on finite gradients the scaled step is
+    # the unscaled one, and a step whose gradients overflow is skipped with the scale lowered.
+    batches = [pack(encoded[:2]), pack(encoded[2:4])]
+    plain = two_steps(*lora_factory(), batches)
+    model, params, opt, sched = lora_factory()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaled = [float(train_step(model, [b], NO_AUTOCAST, opt, sched, params, 1.0, scaler=scaler)) / b.n_labels
+              for b in batches]
+    assert scaled == pytest.approx(plain, rel=1e-4)
+    before = [p.detach().clone() for p in params]
+    huge = torch.amp.GradScaler("cpu", init_scale=1e38)  # scaled fp32 gradients overflow to inf
+    train_step(model, [batches[0]], NO_AUTOCAST, opt, sched, params, 1.0, scaler=huge)
+    assert all(torch.equal(a, p) for a, p in zip(before, params, strict=True))  # the step was skipped
+    assert huge.get_scale() < 1e38

@@ -77,20 +77,29 @@ def order_batches(plan: list[list[int]], lengths: list[int], batch_size: int, *,
 
 
 def train_step(model: Any, batches: list[Batch], autocast: Callable[[], Any], optimizer: Any, scheduler: Any,
-               params: list[torch.Tensor], max_grad_norm: float, n_labels: int | None = None) -> torch.Tensor:
+               params: list[torch.Tensor], max_grad_norm: float, n_labels: int | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One optimizer step: gradients of the mean response-token loss over the step's micro-batches
     (every token weighs the same, however the tokens fall into micro-batches), clip, step.
     `n_labels`: the response tokens of the whole step when `batches` is one data-parallel worker's
     share of it (default: these batches'). Returns the step's summed token loss as a device tensor:
-    reading it is a host sync, so the loop adds it up on the device and reads it only when it reports."""
+    reading it is a host sync, so the loop adds it up on the device and reads it only when it reports.
+    `scaler`: loss scaling for fp16 autocast (GPUs without bf16, e.g. a T4), so small gradients do not
+    underflow; a step with inf/NaN gradients is skipped and the scale lowered."""
     n = max(sum(b.n_labels for b in batches) if n_labels is None else n_labels, 1)  # counted on the host
     total = torch.zeros((), device=batches[0].targets.device)
     for b in batches:
         loss = token_loss_sum(model, b, autocast)
-        (loss / n).backward()
+        (scaler.scale(loss / n) if scaler else loss / n).backward()
         total += loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total
@@ -167,7 +176,9 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
     model, tokenizer, load_times = load_model(
         cfg.model.name, cfg.model.quantization, cfg.model.trust_remote_code, device
     )
-    autocast = make_autocast(device, tc.bf16 == "on" or (tc.bf16 == "auto" and bf16_supported(device)))
+    use_bf16 = tc.bf16 == "on" or (tc.bf16 == "auto" and bf16_supported(device))
+    autocast = make_autocast(device, use_bf16)
+    scaler = torch.amp.GradScaler("cuda") if device == "cuda" and not use_bf16 else None  # fp16 autocast
     # Packing is only safe where the model keeps packed examples apart: check it on this model.
     packed = tc.packing and packing_isolates(model, device, autocast)
     if tc.packing and not packed:
@@ -235,6 +246,8 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, tokens_seen, train_seconds, best = state["step"], state["tokens_seen"], state["train_seconds"], state["best"]
         positions, heldout_seconds = state["positions"], state["heldout_seconds"]
         torch.set_rng_state(state["rng"])
@@ -257,7 +270,7 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
         step_batches = [micro_batch(mb) for mb in batches[step * per_step : (step + 1) * per_step]]
         n_labels = sum(b.n_labels for b in step_batches)
         window_loss += train_step(forward, session.step_share(step_batches), autocast, optimizer, scheduler, params,
-                                  tc.max_grad_norm, n_labels)
+                                  tc.max_grad_norm, n_labels, scaler)
         window_tokens += n_labels
         tokens_seen += sum(b.n_tokens for b in step_batches)
         positions += sum(b.n_positions for b in step_batches)
@@ -296,6 +309,7 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
             "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
             "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(), "metrics": metrics,
             "positions": positions, "heldout_seconds": heldout_seconds,
+            "scaler": scaler.state_dict() if scaler else None,
         })
         window_loss, window_tokens, t_window = torch.zeros((), device=device), 0, time.perf_counter()
 
