@@ -53,6 +53,7 @@ def main() -> None:
     base = [e for f in FILES for e in load_examples(f)]
     pool = [replace(e, id=f"{e.id}~{c}", meta={}) for c in range(args.copies) for e in base]
     print(f"pool: {len(pool)} examples ({len(base)} x {args.copies}), loaded in {time.perf_counter() - t:.1f}s")
+    distinct = pool
     for name, step in (("dedup normalized", lambda p: dedup(p, "normalized")),
                        ("decontaminate 13-gram", lambda p: decontaminate(
                            p, ["eval/test_set_evol_instruct_150.json"], 13))):
@@ -60,6 +61,10 @@ def main() -> None:
         kept, removed = step(pool)
         print(f"{name}: {time.perf_counter() - t:.2f}s, removed " +
               ", ".join(f"{k} {len(v)}" for k, v in removed.items()))
+        distinct = step(distinct)[0]
+    # Times are taken on the replicated pool; the subsets' token counts on the distinct examples (the
+    # replicated pool holds every example 5 times, so "the 100 longest" would be 20 examples x 5).
+    print(f"distinct pool after dedup + decontamination: {len(distinct)} examples")
 
     rows = []
     # embedding tfidf: sentence embeddings of the whole ~56k pool would take ~1.5 h on one core (below: a sample)
@@ -69,11 +74,12 @@ def main() -> None:
     configs.append(("weighted (rank)", SelectionConfig(strategy="weighted", n=args.n, normalize="rank")))
     for label, cfg in configs:
         t = time.perf_counter()
-        chosen = select(pool, cfg, 0, n_tokens)
-        rows.append((label, len(pool), time.perf_counter() - t, chosen))
+        select(pool, cfg, 0, n_tokens)
+        rows.append((label, len(pool), time.perf_counter() - t, select(distinct, cfg, 0, n_tokens)))
+    cfg = SelectionConfig(strategy="longest", token_budget=12000)
     t = time.perf_counter()
-    chosen = select(pool, SelectionConfig(strategy="longest", token_budget=12000), 0, n_tokens)
-    rows.append(("longest, token_budget 12000", len(pool), time.perf_counter() - t, chosen))
+    select(pool, cfg, 0, n_tokens)
+    rows.append(("longest, token_budget 12000", len(pool), time.perf_counter() - t, select(distinct, cfg, 0, n_tokens)))
 
     if args.embed_sample:
         from trainables.data.selection.diversity import embedding_label
@@ -101,6 +107,8 @@ def main() -> None:
             chosen = select(sample, SelectionConfig(strategy=s, n=args.n), 0)
             rows.append((s, len(sample), scoring + time.perf_counter() - t, chosen))
 
+    print("\nseconds: on the pool column's examples; n / tokens / tok/ex / resp words: the subset chosen from the "
+          "distinct pool (sample pools: from the sample)")
     print(f"\n{'strategy':<28}{'pool':>8}{'seconds':>9}{'n':>6}{'tokens':>9}{'tok/ex':>8}{'resp words':>12}")
     for label, size, secs, chosen in rows:
         toks = [n_tokens(e) for e in chosen]

@@ -66,12 +66,15 @@ def test_asha_stops_a_clearly_worse_trial_on_a_named_test_set(tmp_path):
     # The objective is the perplexity of a named test set, scored at every report (not only at the end).
     proc = run_sweep(
         "sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=asha", "--no-report", "wandb.enabled=false",
-        "search.algorithm=grid", "search.max_concurrent=1", "search.space={train.lr: {grid: [0.003, 1.0e-7]}}",
+        "search.algorithm=grid", "search.num_samples=1", "search.max_concurrent=1",
+        "search.space={train.lr: {grid: [0.003, 1.0e-7]}}",
         "eval.perplexity=[eval/evol_instruct_gt.json]", "eval.perplexity_limit=4", "eval.max_len=256",
         "eval.perplexity_every_report=true", "search.metric=ppl_evol_instruct_gt",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {float(r["config/train.lr"]): r for r in read_csv(tmp_path / "asha" / "results.csv")}
+    table = read_csv(tmp_path / "asha" / "results.csv")
+    rows = {float(r["config/train.lr"]): r for r in table}
+    assert len(table) == 2  # one pass over the grid (smoke.yaml's num_samples: 3 would repeat it 3 times)
     assert rows[0.003]["status"] == "TERMINATED" and rows[0.003]["stopped_early"] == "false"
     assert rows[1e-7]["status"] == "EARLY_STOPPED" and rows[1e-7]["stopped_early"] == "true"
     assert float(rows[1e-7]["tokens_seen"]) < float(rows[0.003]["tokens_seen"])
