@@ -106,10 +106,13 @@ def judge(url: str, rows: list[dict[str, Any]], mode: str, out: Path) -> dict[st
     cfg = JudgeConfig(enabled=True, base_url=url, model="smollm2", mode=mode, cache=False, concurrency=2,
                       max_tokens=48, timeout=300)
     m, sec = timed(lambda: judge_generations(cfg, rows, out / mode))
+    failures = [json.loads(line) for line in (out / mode / "judge_failures.jsonl").read_text().splitlines()]
     return {"what": f"judge {mode} (llama.cpp SmolLM2-135M Q4_1)", "n": len(rows), "requests": m["judge_requests"],
             "seconds": sec, "seconds_per_10": sec / len(rows) * 10,
             "parse_failure_rate": m["judge_parse_failures"] / max(m["judge_requests"], 1),
-            "judge_score": m["judge_score"]}
+            "judge_score": m["judge_score"],
+            # what an unparseable reply looks like: a weak judge, or a parser too strict?
+            "failure_examples": [str(f["reply"])[:160] for f in failures if f["kind"] == "unparseable"][:3]}
 
 
 def main() -> None:
@@ -146,6 +149,9 @@ def main() -> None:
         extra = (f"  parse failures {r['parse_failure_rate']:.0%}" if "parse_failure_rate" in r else
                  f"  acc {r['acc']:.3f}" if "acc" in r else "")
         print(f"{r['what']:48} {r['n']:>5} {r['seconds']:>9.1f}  {unit}{extra}")
+    for r in results:
+        for ex in r.get("failure_examples", []):
+            print(f"  unparseable ({r['what'].split()[1]}): {ex!r}")
     dest = REPO / "bench" / "results" / f"bench_eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
