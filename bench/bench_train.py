@@ -2,7 +2,7 @@
 load, time to the best configuration, and scaling. One run, one machine, ratios within the run.
 
     pip install -e '.[bench]'            # trl (pinned beside torch, so torch is left alone)
-    python bench/bench_train.py                        # load + throughput + sweep overhead (~20 min, 2 CPUs)
+    python bench/bench_train.py                        # load + throughput + sweep overhead (~30 min, 2 CPUs)
     python bench/bench_train.py --scaling              # + training time vs subset size / sequence length
     python bench/bench_train.py --time-to-best         # + ASHA+TPE vs full grid (real sweeps; slow)
     python bench/bench_train.py --only throughput --steps 8     # one section, quicker
@@ -360,10 +360,11 @@ def run_sweep(name: str, out: Path, sweep: str, overrides: list[str]) -> dict[st
 
 
 def sweep_overhead(tmp: Path, n_examples: int) -> list[dict[str, Any]]:
-    """wall time of a real 3-trial sweep (sweeps/smoke.yaml: TPE, W&B offline; FIFO so every trial runs
-    to the end) / the trials' own training time, at concurrency 1 and 2."""
+    """wall time of a real 4-trial sweep (sweeps/smoke.yaml: TPE, W&B offline; FIFO so every trial runs
+    to the end) / the trials' own training time, at concurrency 1 and 2 (4 trials: at 2 at a time no
+    slot idles while the last trial runs alone, which would be the sweep's shape, not its overhead)."""
     overrides = [f"selection.n={n_examples}", "data.eval_size=8", "train.epochs=1", "train.max_seq_len=128",
-                 "train.evals_per_epoch=2", "scheduler.type=fifo", "search.num_samples=3"]
+                 "train.evals_per_epoch=2", "scheduler.type=fifo", "search.num_samples=4"]
     out = []
     for c in (1, 2):
         log(f"sweep overhead: concurrency {c} ...")
@@ -412,7 +413,8 @@ def time_to_best(tmp: Path) -> dict[str, Any]:
         return None, sum(seen.values())
 
     grid_total = sum(float(r["tokens_seen"]) for r in grid["rows"])
-    tpe_found, tpe_total = compute_until(tpe)
+    tpe_total = sum(float(r["tokens_seen"]) for r in tpe["rows"])  # the whole TPE+ASHA sweep
+    tpe_found, _ = compute_until(tpe)
     grid_found, _ = compute_until(grid)
     return {
         "grid_best_eval_loss": best, "target": target, "grid_trials": len(grid["rows"]),
@@ -420,6 +422,7 @@ def time_to_best(tmp: Path) -> dict[str, Any]:
         "grid_tokens_total": grid_total, "grid_tokens_to_target": grid_found,
         "tpe_tokens_total": tpe_total, "tpe_tokens_to_target": tpe_found,
         "tpe_fraction_of_grid": (tpe_found / grid_total) if tpe_found else None,
+        "tpe_sweep_fraction_of_grid": tpe_total / grid_total,
         "grid_wall": grid["wall"], "tpe_wall": tpe["wall"],
         "stopped_early": sum(r["status"] == "EARLY_STOPPED" for r in tpe["rows"]),
     }
@@ -524,7 +527,9 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"\ntime to best: grid best {t['grid_best_eval_loss']:.4f} ({t['grid_trials']} trials, "
               f"{t['grid_tokens_total']:.0f} tokens); TPE+ASHA reached <= {t['target']:.4f} after "
               f"{t['tpe_tokens_to_target']} tokens = {'-' if frac is None else f'{100 * frac:.0f}%'} of the grid "
-              f"(target <= 40%); {t['stopped_early']} of {t['tpe_trials']} stopped early")
+              f"(target <= 40%); {t['stopped_early']} of {t['tpe_trials']} stopped early; the whole TPE+ASHA sweep "
+              f"{t['tpe_tokens_total']:.0f} tokens = {100 * t['tpe_sweep_fraction_of_grid']:.0f}% of the grid, "
+              f"best {t['tpe_best_eval_loss']:.4f}; wall {t['tpe_wall']:.0f} s vs grid {t['grid_wall']:.0f} s")
     if result.get("scaling"):
         print(f"\n{'n':>5}{'max_len':>8}{'tokens':>8}{'train s':>9}{'tok/s':>8}{'select s':>9}{'tok ms/ex':>10}"
               f"{'prep %':>8}")
@@ -544,7 +549,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="run every runner this often, in alternating order")
     ap.add_argument("--only", default="", help="comma list of sections (load, throughput, sweep, scaling, ttb) "
                                                "or runner name parts (e.g. 'ours,trl SFTTrainer')")
-    ap.add_argument("--sweep-examples", type=int, default=16, help="examples per trial of the overhead sweeps")
+    ap.add_argument("--sweep-examples", type=int, default=100, help="examples per trial of the overhead sweeps "
+                                                                    "(100 ~ a lora_rank trial; 16 shows fixed costs)")
     ap.add_argument("--scaling", action="store_true", help="training time vs subset size and sequence length")
     ap.add_argument("--time-to-best", action="store_true", help="ASHA+TPE vs grid with real sweeps (slow)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile runner")
