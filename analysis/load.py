@@ -160,7 +160,7 @@ def _status_column(df: pd.DataFrame) -> pd.Series:
 
 
 def read_results(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"trial_id": str})
+    df = pd.read_csv(path, dtype={"trial_id": str, "node_id": str})  # ids are text, even "4e095_00000"
     df["status"] = _status_column(df)
     df["stopped_early"] = df["status"] == "EARLY_STOPPED"
     for col in df.columns:

@@ -122,6 +122,24 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """results.csv back as rows, numbers as numbers. Ids stay text: Ray's trial id "4e095_00000" is a
+    number to Python's float() (underscores group digits: 4e9500000 = inf), and node ids are hex."""
+    if not path.exists():
+        return []
+
+    def value(key: str, v: str) -> Any:
+        if key in ("trial_id", "node_id") or "_" in v:
+            return v
+        try:
+            return float(v) if any(c in v for c in ".eE") or v in ("nan", "inf") else int(v)
+        except ValueError:
+            return v
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 ENDED = ".ended"  # marker in trials/<id>/: Ray reported the trial complete or failed
 
 

@@ -640,10 +640,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     wall = time.perf_counter() - t0
     del tuner  # drop the W&B callback while the interpreter is whole (its __del__ needs ray)
-    from harness.results import write_best
+    from harness.results import read_rows, write_best
 
     store.pull()  # what the trials wrote to a URI (evaluation outputs), for best.yaml and the report
-    rows = _read_rows(run_dir / "results.csv")
+    rows = read_rows(run_dir / "results.csv")
     write_best(run_dir, rows, cfg.search.metric, cfg.search.mode)
     summarize(cfg, rows)
     stopped = sum(r["status"] == "EARLY_STOPPED" for r in rows)
@@ -682,22 +682,6 @@ def _prepare_resume(store: Storage) -> bool:
         print(f"resume: no trial state saved in {store.uri('tune')} yet; starting the sweep")
         return False
     return True
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    import csv
-
-    if not path.exists():
-        return []
-
-    def num(v: str) -> Any:
-        try:
-            return float(v) if any(c in v for c in ".eE") or v in ("nan", "inf") else int(v)
-        except ValueError:
-            return v
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _report(run_dir: Path) -> None:

@@ -1,0 +1,38 @@
+"""results.csv read back by the driver (best.yaml, the summary): numbers as numbers, ids as text."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from harness.results import read_rows, write_best, write_csv
+
+
+def test_trial_ids_that_look_like_numbers_stay_text_and_best_yaml_names_the_trial(tmp_path):
+    # Ray's trial ids are 5 hex characters + "_" + a counter; "4e095_00000" is a float to Python
+    # (4e9500000 = inf). A real sweep once crashed on it at the end (best.yaml: Path / float).
+    rows = [
+        {"trial_id": "4e095_00000", "status": "TERMINATED", "node_id": "1e50" + "0" * 52, "seed": 0,
+         "config/train.lr": 0.003, "eval_loss": 1.88404, "tokens_seen": 2156},
+        {"trial_id": "4e095_00001", "status": "EARLY_STOPPED", "node_id": "1e50" + "0" * 52, "seed": 0,
+         "config/train.lr": 1e-7, "eval_loss": 1.98175, "tokens_seen": 539},
+    ]
+    write_csv(tmp_path / "results.csv", rows)
+    for r in rows:
+        (tmp_path / "trials" / r["trial_id"]).mkdir(parents=True)
+        (tmp_path / "trials" / r["trial_id"] / "config.json").write_text(json.dumps({"train": {"lr": r["config/train.lr"]}}))
+
+    back = read_rows(tmp_path / "results.csv")
+    assert [r["trial_id"] for r in back] == ["4e095_00000", "4e095_00001"]
+    assert back[0]["node_id"] == rows[0]["node_id"] and back[0]["status"] == "TERMINATED"
+    assert back[0]["eval_loss"] == 1.88404 and back[1]["tokens_seen"] == 539 and back[1]["config/train.lr"] == 1e-7
+
+    best = write_best(tmp_path, back, "eval_loss", "min")
+    doc = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["trial_id"] == doc["trial_id"] == "4e095_00000"
+    assert doc["value"] == 1.88404 and doc["config"] == {"train": {"lr": 0.003}}
+
+
+def test_no_results_file_reads_as_no_rows(tmp_path):
+    assert read_rows(tmp_path / "results.csv") == []
