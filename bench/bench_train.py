@@ -5,6 +5,7 @@ load, time to the best configuration, and scaling. One run, one machine, ratios 
     python bench/bench_train.py                        # load + throughput + sweep overhead (~30 min, 2 CPUs)
     python bench/bench_train.py --scaling              # + training time vs subset size / sequence length
     python bench/bench_train.py --time-to-best         # + ASHA+TPE vs full grid (real sweeps; slow)
+    python bench/bench_train.py --only sweep --sweep-fresh     # overhead, reused vs fresh trial processes
     python bench/bench_train.py --only throughput --steps 8     # one section, quicker
 
 Every runner trains the same LoRA (r 8, alpha 16, dropout 0.05, all-linear, the same seeded init) on
@@ -344,7 +345,7 @@ def model_load() -> dict[str, Any]:
 
 def run_sweep(name: str, out: Path, sweep: str, overrides: list[str]) -> dict[str, Any]:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     proc = subprocess.run([sys.executable, "-m", "harness.sweep", sweep, f"name={name}", f"output.dir={out}",
                            "--no-report", *overrides], cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -356,25 +357,34 @@ def run_sweep(name: str, out: Path, sweep: str, overrides: list[str]) -> dict[st
     for r in rows:
         path = out / name / "trials" / r["trial_id"] / "metrics.jsonl"
         history[r["trial_id"]] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {"wall": wall, "rows": rows, "history": history}
+    return {"wall": wall, "rows": rows, "history": history, "started": started, "ended": started + wall}
 
 
-def sweep_overhead(tmp: Path, n_examples: int) -> list[dict[str, Any]]:
+def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False) -> list[dict[str, Any]]:
     """wall time of a real 4-trial sweep (sweeps/smoke.yaml: TPE, W&B offline; FIFO so every trial runs
     to the end) / the trials' own training time, at concurrency 1 and 2 (4 trials: at 2 at a time no
-    slot idles while the last trial runs alone, which would be the sweep's shape, not its overhead)."""
+    slot idles while the last trial runs alone, which would be the sweep's shape, not its overhead).
+    Workers reused (the default); `fresh_too`: the same sweeps again with a fresh process per trial."""
     overrides = [f"selection.n={n_examples}", "data.eval_size=8", "train.epochs=1", "train.max_seq_len=128",
                  "train.evals_per_epoch=2", "scheduler.type=fifo", "search.num_samples=4"]
     out = []
-    for c in (1, 2):
-        log(f"sweep overhead: concurrency {c} ...")
-        r = run_sweep(f"overhead_c{c}", tmp, "sweeps/smoke.yaml", overrides + [f"search.max_concurrent={c}"])
+    for c, reuse in [(1, True), (2, True)] + ([(1, False), (2, False)] if fresh_too else []):
+        log(f"sweep overhead: concurrency {c}, workers {'reused' if reuse else 'fresh'} ...")
+        r = run_sweep(f"overhead_c{c}_{'reused' if reuse else 'fresh'}", tmp, "sweeps/smoke.yaml",
+                      overrides + [f"search.max_concurrent={c}", f"ray.reuse_workers={str(reuse).lower()}"])
+        # When the trials ran: Ray's time_total_s counts from the trial's start (its setup included).
+        starts = [h[0]["timestamp"] - h[0]["time_total_s"] for h in r["history"].values() if h]
+        ends = [h[-1]["timestamp"] for h in r["history"].values() if h]
         f = {k: sum(float(row.get(k) or 0) for row in r["rows"]) for k in
              ("train_seconds", "heldout_seconds", "eval_seconds", "setup_seconds", "model_load_seconds",
               "tokens_seen")}
         # what the trials were asked to do: train, held-out eval at each report, end-of-trial evaluations
         work = f["train_seconds"] + f["heldout_seconds"] + f["eval_seconds"]
-        out.append({"concurrency": c, "trials": len(r["rows"]), "wall_seconds": r["wall"], **f,
+        out.append({"concurrency": c, "reuse_workers": reuse, "trials": len(r["rows"]), "wall_seconds": r["wall"], **f,
+                    # the driver alone: start-up (imports, plan, Ray) until the first trial started, and
+                    # wrap-up (W&B runs closed, results, Ray shut down) after the last report
+                    "before_first_trial_seconds": min(starts) - r["started"],
+                    "after_last_report_seconds": r["ended"] - max(ends),
                     "wall_over_train": r["wall"] / f["train_seconds"],
                     "slot_overhead": r["wall"] * c / f["train_seconds"],
                     "slot_overhead_with_eval": r["wall"] * c / work,
@@ -517,7 +527,10 @@ def print_table(result: dict[str, Any]) -> None:
               f"{ml['cached']['model_load_seconds']:.2f} s / {ml['cached_again']['model_load_seconds']:.2f} s "
               f"(target < 2 s); imports per trial process {ml['cached']['import_seconds']:.1f} s")
     for r in result.get("sweep_overhead", []):
-        print(f"sweep c={r['concurrency']}: {r['trials']} trials, wall {r['wall_seconds']:.0f} s; summed over trials: "
+        workers = "" if "reuse_workers" not in r else (" reused" if r["reuse_workers"] else " fresh")
+        print(f"sweep c={r['concurrency']}{workers}: {r['trials']} trials, wall {r['wall_seconds']:.0f} s (driver alone: "
+              f"{r.get('before_first_trial_seconds', float('nan')):.0f} s before the first trial, "
+              f"{r.get('after_last_report_seconds', float('nan')):.0f} s after the last report); summed over trials: "
               f"train {r['train_seconds']:.0f} s, eval {r['heldout_seconds'] + r['eval_seconds']:.0f} s, setup {r['setup_seconds']:.0f} s, "
               f"other {r['other_seconds']:.0f} s -> wall/train {r['wall_over_train']:.2f}, wall x c/train "
               f"{r['slot_overhead']:.2f}, wall x c/(train+eval) {r['slot_overhead_with_eval']:.2f} (target <= 1.10)")
@@ -551,6 +564,8 @@ def main() -> None:
                                                "or runner name parts (e.g. 'ours,trl SFTTrainer')")
     ap.add_argument("--sweep-examples", type=int, default=100, help="examples per trial of the overhead sweeps "
                                                                     "(100 ~ a lora_rank trial; 16 shows fixed costs)")
+    ap.add_argument("--sweep-fresh", action="store_true", help="also run the overhead sweeps with a fresh "
+                                                                 "process per trial (ray.reuse_workers=false)")
     ap.add_argument("--scaling", action="store_true", help="training time vs subset size and sequence length")
     ap.add_argument("--time-to-best", action="store_true", help="ASHA+TPE vs grid with real sweeps (slow)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile runner")
@@ -601,7 +616,7 @@ def main() -> None:
                                         else None} for r in throughput(s, runner_filter)])
     with tempfile.TemporaryDirectory(prefix="bench-sweeps-") as tmp:
         if "sweep" in sections:
-            section("sweep_overhead", lambda: sweep_overhead(Path(tmp), args.sweep_examples))
+            section("sweep_overhead", lambda: sweep_overhead(Path(tmp), args.sweep_examples, args.sweep_fresh))
         if "ttb" in sections:
             section("time_to_best", lambda: time_to_best(Path(tmp)))
     if "scaling" in sections:

@@ -472,7 +472,9 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
         tune_config=tune.TuneConfig(
             metric=s.metric, mode=s.mode, search_alg=search_alg, scheduler=scheduler,
             num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent,
-            reuse_actors=False,  # a fresh worker process per trial: memory cannot creep across trials
+            # A worker that finished a trial runs the next one (imports kept, no process start-up);
+            # trainables.distributed.trial_process frees the trial's memory and resets its peaks.
+            reuse_actors=cfg.ray.reuse_workers,
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=cfg.storage, callbacks=callbacks, verbose=1, progress_reporter=reporter,
@@ -486,6 +488,8 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
 def connect(cfg: SweepConfig) -> None:
     """Join the cluster at cfg.ray_address, or start a private local Ray instance ("local"): without
     "local" Ray would join whatever cluster a `ray start` left running on this machine."""
+    import logging
+
     import ray
 
     address = cfg.ray_address
@@ -502,6 +506,8 @@ def connect(cfg: SweepConfig) -> None:
 
     if any(w > 1 for w in _levels(cfg, "resources.workers_per_trial")) and not address.startswith("ray://"):
         kwargs["runtime_env"] = {"worker_process_setup_hook": quiet_train_cleaner}
+    # results.csv replaces Tune's result.json / progress.csv, whose absence it would warn about per trial
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if address == "local":
         ray.init(address="local", include_dashboard=False, **kwargs)
         return
@@ -536,13 +542,27 @@ def _quiet_env(cfg: SweepConfig) -> None:
 
 
 try:
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class _WandbLogger(_WandbLoggingActor):
+        """Ray's per-trial W&B logging actor, closing its W&B service connection itself once the run is
+        finished: left to wandb's exit hook, the service is often gone by then in a Ray actor and every
+        trial printed a ConnectionResetError traceback."""
+
+        def run(self) -> None:
+            super().run()
+            try:
+                self._wandb.teardown()
+            except Exception:  # noqa: BLE001 - the run is finished and written; nothing left to lose
+                pass
 
     class _WandbCallback(WandbLoggerCallback):
         """Ray's W&B callback, minus the traceback its __del__ prints at interpreter exit, and without its
         30-minute hang on Ctrl-C: a trial interrupted by the stop never tells its logging actor to finish,
         and Ray then waits upload_timeout (1800 s) for it. We tell every remaining actor to finish (it
         flushes and closes its run), then wait a bounded time."""
+
+        _logger_actor_cls = _WandbLogger
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             for trial in list(self._trial_queues):

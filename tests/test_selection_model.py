@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from trainables.data import difficulty
 from trainables.data.config import CurriculumConfig, DataConfig, SelectionConfig
@@ -75,9 +76,9 @@ def test_cache_resumes_and_prompt_too_long_is_nan(model_tok, cache, monkeypatch)
     real = difficulty._losses
     monkeypatch.setattr(difficulty, "_losses", lambda m, pad, seqs: calls.append(len(seqs)) or real(m, pad, seqs))
     again = difficulty.score_examples(examples, model, tok, max_len=MAX_LEN, progress=False)
-    assert again[:2] == first and calls == [4]  # only the 2 new examples (2 sequences each) were run
+    assert again[:2] == first and calls == [2, 2]  # only the 2 new examples, with and without instruction
     assert difficulty.score_examples(examples, model, tok, max_len=MAX_LEN, progress=False) == again
-    assert calls == [4]
+    assert calls == [2, 2]
     long_prompt = load_examples("alpaca/filtered_alpaca_1k_longest.json")[0]
     [s] = difficulty.score_examples([long_prompt], model, tok, max_len=16, progress=False)
     assert math.isnan(s["ifd"])
@@ -131,3 +132,19 @@ def test_driver_prescores_every_searched_model_based_level(model_tok, cache):
     assert len(lines) == 5  # the fixed scoring sample, scored once
     assert prescore(cfg, tok, model) == 1 and len(
         [line for f in cache.glob("*.jsonl") for line in f.read_text().splitlines()]) == 5  # cached: no rescoring
+
+
+def test_a_padded_batch_scores_each_sequence_as_alone(model_tok):
+    # Right padding and logits only at response positions must not change any sequence's loss.
+    model, tok = model_tok
+    model.eval()
+    seqs = []
+    for e in short_examples(4):
+        c_ids, c_at, a_ids, a_at = difficulty._sequences(tok, e, MAX_LEN)
+        seqs += [(c_ids, c_at), (a_ids, a_at)]
+    assert len({len(ids) for ids, _ in seqs}) > 1  # different lengths: the batch is padded
+    with torch.no_grad():
+        batched = difficulty._losses(model, tok.pad_token_id, seqs)
+        alone = [difficulty._losses(model, tok.pad_token_id, [s])[0] for s in seqs]
+    assert len(set(batched)) == len(seqs)
+    assert batched == pytest.approx(alone, rel=1e-4, abs=1e-5)

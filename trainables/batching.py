@@ -125,19 +125,31 @@ def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
     return 1 - real / max(computed, 1)
 
 
-def token_loss_sum(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
-    """Summed cross-entropy over response tokens (the model's own loss is a per-batch mean).
-
-    Logits are computed only at `batch.keep` (transformers' logits_to_keep, so model-specific
-    scaling / soft-capping of the head still applies)."""
+def _kept_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
+    """Logits only at `batch.keep` (transformers' logits_to_keep, so model-specific scaling /
+    soft-capping of the head still applies), as float32 (rows, len(keep), vocab)."""
     with autocast():
         if _takes_logits_to_keep(type(_unwrapped(model))):
             logits = model(**batch.inputs, use_cache=False, logits_to_keep=batch.keep).logits
         else:  # an older or custom model: full logits, then the same positions
             logits = model(**batch.inputs, use_cache=False).logits[:, batch.keep]
+    return logits.float()
+
+
+def token_loss_sum(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
+    """Summed cross-entropy over response tokens (the model's own loss is a per-batch mean)."""
+    logits = _kept_logits(model, batch, autocast)
     return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
+
+
+def token_losses(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
+    """Cross-entropy of every kept position, shaped like batch.targets (0 where the target is IGNORE)."""
+    logits = _kept_logits(model, batch, autocast)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view_as(batch.targets)
 
 
 def _unwrapped(model: Any) -> Any:

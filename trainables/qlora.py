@@ -316,7 +316,8 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
 
 def _memory(device: str) -> dict[str, float]:
     """This worker's memory, reported with every result: rss_mb now, peak_rss_mb (and peak_gpu_mb on a
-    GPU) since the worker started. Each trial has its own worker, so these are per trial."""
+    GPU) since the trial started (trainables.distributed.trial_process resets the peaks when a worker
+    runs another trial; where Linux's clear_refs is not available, since the worker started)."""
     import resource
 
     import psutil

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.data.formats import Example
-from trainables.data.tokenize import last_turn
+from trainables.data.tokenize import IGNORE, last_turn
 from trainables.paths import cache_dir
 
 SCORES = ("loss", "loss_alone", "ifd", "ppl")
@@ -70,23 +70,17 @@ def _sequences(tokenizer: Any, e: Example, max_len: int) -> tuple[list[int], int
 
 
 def _losses(model: Any, pad_id: int, seqs: list[tuple[list[int], int]]) -> list[float]:
-    """Mean token loss of ids[start:] for each (ids, start), in one right-padded batch."""
-    import torch
+    """Mean token loss of ids[start:] for each (ids, start), in one right-padded batch, with logits only
+    where a response token is predicted (the vocabulary head skips the prompt). Not packed: a packed
+    row's attention grows with the square of the whole row, more than padding similar lengths costs."""
+    from contextlib import nullcontext
 
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids, _ in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, (x, _) in enumerate(seqs):
-        ids[r, : len(x)] = torch.tensor(x)
-        mask[r, : len(x)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    out = []
-    for r, (x, start) in enumerate(seqs):
-        pred = logits[r, start - 1 : len(x) - 1]
-        target = torch.tensor(x[start:], device=pred.device)
-        out.append(float(torch.nn.functional.cross_entropy(pred, target)))
-    return out
+    from trainables.batching import collate, token_losses
+
+    rows = [(ids, [IGNORE] * start + ids[start:]) for ids, start in seqs]
+    batch = collate(rows, pad_id, str(next(model.parameters()).device))
+    losses, valid = token_losses(model, batch, nullcontext), batch.targets != IGNORE
+    return [float(losses[r][valid[r]].mean()) for r in range(len(seqs))]
 
 
 def score_examples(
@@ -127,11 +121,11 @@ def _score_locked(path: Path, examples: list[Example], model: Any, tokenizer: An
             with torch.no_grad(), path.open("a", encoding="utf-8") as f:
                 for b in range(0, len(items), batch_size):
                     chunk = items[b : b + batch_size]
-                    seqs = [s for _, (c_ids, c_at, a_ids, a_at) in chunk for s in ((c_ids, c_at), (a_ids, a_at))]
-                    losses = _losses(model, pad, seqs)
+                    # with and without the instruction in two batches: each of similar lengths (less padding)
+                    with_instruction = _losses(model, pad, [(c_ids, c_at) for _, (c_ids, c_at, _, _) in chunk])
+                    without = _losses(model, pad, [(a_ids, a_at) for _, (_, _, a_ids, a_at) in chunk])
                     lines = []
-                    for j, (key, _) in enumerate(chunk):
-                        loss, alone = losses[2 * j], losses[2 * j + 1]
+                    for (key, _), loss, alone in zip(chunk, with_instruction, without, strict=True):
                         row = {"loss": loss, "loss_alone": alone, "ifd": loss / alone if alone > 0 else float("nan"),
                                "ppl": math.exp(min(loss, 50)) if loss == loss else float("nan")}
                         cached[key] = row

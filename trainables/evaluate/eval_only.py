@@ -97,12 +97,13 @@ def eval_trial(config: dict[str, Any], *, base: dict[str, Any], storage: str) ->
     from harness.config import SweepConfig
     from harness.space import resolve
     from harness.storage import Storage
-    from trainables.distributed import where
+    from trainables.distributed import trial_process, where
 
     cfg = SweepConfig.model_validate(resolve(base, config, SweepConfig.model_validate(base).search.space))
     store, rel = Storage(storage), f"trials/{tune.get_context().get_trial_id()}"
     trial_dir = store.workdir(rel)
     atomic_write_text(trial_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=1))
-    metrics = evaluate_config(cfg, trial_dir)
+    with trial_process():
+        metrics = evaluate_config(cfg, trial_dir)
     store.push(rel)
     tune.report({**metrics, **where()})
