@@ -3,6 +3,7 @@ embedded SmolLM2-135M model (converted once into the user cache, ~20 s the first
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -67,3 +68,11 @@ def smoke_run(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (out / "smoke" / "driver.log").write_text(proc.stdout + proc.stderr)
     return out / "smoke"
+
+
+def read_csv(path: Path, missing_ok: bool = False) -> list[dict[str, str]]:
+    """A sweep's results.csv as written, every value as text; `missing_ok`: no file yet reads as no rows."""
+    if missing_ok and not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

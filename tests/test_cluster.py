@@ -7,7 +7,6 @@ One CPU per node and per trial worker keeps at most two model-holding processes 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_sweep, sweep_env
+from conftest import REPO, read_csv, run_sweep, sweep_env
 from ray_nodes import Cluster, ray_cluster
 
 pytestmark = pytest.mark.slow
@@ -29,11 +28,6 @@ pytestmark = pytest.mark.slow
 TINY = ["sweeps/smoke.yaml", "--no-report", "wandb.enabled=false", "selection.n=8", "data.eval_size=2",
         "train.max_seq_len=64", "train.bf16=off", "lora.dropout=0", "search.algorithm=grid",
         "search.num_samples=1", "search.max_concurrent=2", "scheduler.type=fifo", "resources.cpus_per_trial=1"]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

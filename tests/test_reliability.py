@@ -4,7 +4,6 @@ resumed, and planted API keys that must be used but never written anywhere."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import PLANTED_SECRETS, REPO, run_sweep
+from conftest import PLANTED_SECRETS, REPO, read_csv, run_sweep
 from test_judge import Scripted
 
 from harness.resume import saved_state, trials_of
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.slow
 # 8 examples / batch 2 = 4 steps = 4 reports per trial; a small pool file loads in a fraction of a second.
 TINY = ["data.train=alpaca/alpaca_en_demo.json", "data.eval_size=4", "selection.n=8", "train.batch_size=2",
         "train.max_seq_len=128", "wandb.enabled=false", "scheduler.type=fifo"]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def history(run_dir: Path, trial_id: str) -> list[dict]:
@@ -107,7 +99,7 @@ def failing_run(tmp_path_factory, judge_server):
 def test_a_nan_trial_is_stopped_marked_and_not_retried_in_vain(failing_run):
     run_dir = failing_run["dir"]
     assert failing_run["rc"] == 0, failing_run["output"][-3000:]  # the sweep went on
-    rows = {float(r["config/train.lr"]): r for r in read_csv(run_dir / "results.csv")}
+    rows = {float(r["config/train.lr"]): r for r in read_csv(run_dir / "results.csv", missing_ok=True)}
     bad = rows[1e37]
     assert bad["status"] == "ERROR" and bad["error_type"] == "FloatingPointError"
     assert bad["error"].startswith("FloatingPointError: loss became NaN/inf at step 1; lower train.lr (at qlora.py:")
@@ -121,7 +113,7 @@ def test_a_nan_trial_is_stopped_marked_and_not_retried_in_vain(failing_run):
 
 def test_a_killed_worker_is_retried_from_its_last_checkpoint(failing_run):
     run_dir, good = failing_run["dir"], failing_run["good"]
-    row = next(r for r in read_csv(run_dir / "results.csv") if r["trial_id"] == good)
+    row = next(r for r in read_csv(run_dir / "results.csv", missing_ok=True) if r["trial_id"] == good)
     assert row["status"] == "TERMINATED" and row["failures"] == "1" and row["error"] == ""
     assert int(row["resumed_from_report"]) >= 1 and float(row["eval_loss"]) > 0
     h = history(run_dir, good)
@@ -166,7 +158,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     proc = start_sweep(*args)
 
     def finished_and_half_way() -> bool:
-        rows = read_csv(run_dir / "results.csv")
+        rows = read_csv(run_dir / "results.csv", missing_ok=True)
         done = [r for r in rows if r["status"] == "TERMINATED"]
         return bool(done) and any(r["status"] == "RUNNING" and 2 <= len(history(run_dir, r["trial_id"])) < 4
                                   for r in rows)
@@ -174,7 +166,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     wait_for(proc, finished_and_half_way)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {r["trial_id"]: r for r in read_csv(run_dir / "results.csv")}
+    before = {r["trial_id"]: r for r in read_csv(run_dir / "results.csv", missing_ok=True)}
     done = {t: r for t, r in before.items() if r["status"] == "TERMINATED"}
     kept_history = {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in done}
 
@@ -198,7 +190,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     assert "was cut short by the kill; restored Ray's complete copy" in resumed.stdout
     assert f"trial {interrupted}: checkpoint_" in resumed.stdout
 
-    after = {r["trial_id"]: r for r in read_csv(run_dir / "results.csv")}
+    after = {r["trial_id"]: r for r in read_csv(run_dir / "results.csv", missing_ok=True)}
     assert len(after) == 3 and all(r["status"] == "TERMINATED" for r in after.values()), after
     for t, row in done.items():  # finished trials were not run again
         assert {k: after[t][k] for k in row} == row
@@ -224,7 +216,7 @@ def test_ctrl_c_with_wandb_on_exits_promptly_keeps_what_was_reported_and_resumes
             "wandb.mode=offline", "--no-report"]
     run_dir = tmp_path / "ctrlc"
     proc = start_sweep(*args)
-    wait_for(proc, lambda: any(history(run_dir, r["trial_id"]) for r in read_csv(run_dir / "results.csv")))
+    wait_for(proc, lambda: any(history(run_dir, r["trial_id"]) for r in read_csv(run_dir / "results.csv", missing_ok=True)))
     t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGINT)  # the driver, as a terminal's Ctrl-C reaches it
     try:
@@ -235,7 +227,7 @@ def test_ctrl_c_with_wandb_on_exits_promptly_keeps_what_was_reported_and_resumes
     assert time.monotonic() - t0 < 150 and proc.returncode == 130
     out = proc.stdout.read()
     assert "interrupted:" in out and "--resume" in out
-    rows = read_csv(run_dir / "results.csv")
+    rows = read_csv(run_dir / "results.csv", missing_ok=True)
     reported = [r for r in rows if history(run_dir, r["trial_id"])]
     assert reported and all(r["eval_loss"] for r in reported)
     assert any(r["status"] == "INTERRUPTED" for r in rows) and not any(r["stopped_early"] == "true" for r in rows)
@@ -244,5 +236,5 @@ def test_ctrl_c_with_wandb_on_exits_promptly_keeps_what_was_reported_and_resumes
 
     resumed = run_sweep(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = read_csv(run_dir / "results.csv")
+    after = read_csv(run_dir / "results.csv", missing_ok=True)
     assert len(after) == 3 and all(r["status"] == "TERMINATED" for r in after), after

@@ -3,20 +3,13 @@ embedded SmolLM2-135M and real Alpaca rows (tiny sizes, about a minute each on 2
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_sweep
+from conftest import read_csv, run_sweep
 
 pytestmark = pytest.mark.slow
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_smoke_sweep_writes_results_history_adapters_and_wandb(smoke_run):

@@ -4,22 +4,19 @@ the previous trial's model."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
-from conftest import run_sweep
+from conftest import read_csv, run_sweep
 
 pytestmark = pytest.mark.slow
 
 
 def trials(run: Path) -> dict[int, dict]:
     """lora.r -> the trial's last report (eval_loss, pid, rss_mb, peak_rss_mb)."""
-    with open(run / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
     out = {}
-    for r in rows:
+    for r in read_csv(run / "results.csv"):
         assert r["status"] == "TERMINATED", r
         history = (run / "trials" / r["trial_id"] / "metrics.jsonl").read_text().splitlines()
         out[int(r["config/lora.r"])] = json.loads(history[-1])
