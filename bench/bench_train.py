@@ -6,6 +6,7 @@ load, time to the best configuration, and scaling. One run, one machine, ratios 
     python bench/bench_train.py --scaling              # + training time vs subset size / sequence length
     python bench/bench_train.py --time-to-best         # + ASHA+TPE vs full grid (real sweeps; slow)
     python bench/bench_train.py --only sweep --sweep-fresh     # overhead, reused vs fresh trial processes
+    python bench/bench_train.py --only sweep --sweep-trials 8 --sweep-concurrency 2   # longer sweeps
     python bench/bench_train.py --only throughput --steps 8     # one section, quicker
 
 Every runner trains the same LoRA (r 8, alpha 16, dropout 0.05, all-linear, the same seeded init) on
@@ -360,17 +361,19 @@ def run_sweep(name: str, out: Path, sweep: str, overrides: list[str]) -> dict[st
     return {"wall": wall, "rows": rows, "history": history, "started": started, "ended": started + wall}
 
 
-def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False) -> list[dict[str, Any]]:
-    """wall time of a real 4-trial sweep (sweeps/smoke.yaml: TPE, W&B offline; FIFO so every trial runs
-    to the end) / the trials' own training time, at concurrency 1 and 2 (4 trials: at 2 at a time no
-    slot idles while the last trial runs alone, which would be the sweep's shape, not its overhead).
-    Workers reused (the default); `fresh_too`: the same sweeps again with a fresh process per trial."""
+def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False, trials: int = 4,
+                   concurrency: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
+    """wall time of a real sweep of `trials` trials (sweeps/smoke.yaml: TPE, W&B offline; FIFO so every
+    trial runs to the end) / the trials' own training time, at each concurrency (an even number of
+    trials: at 2 at a time no slot idles while the last trial runs alone, which would be the sweep's
+    shape, not its overhead). Workers reused (the default); `fresh_too`: the same sweeps again with a
+    fresh process per trial."""
     overrides = [f"selection.n={n_examples}", "data.eval_size=8", "train.epochs=1", "train.max_seq_len=128",
-                 "train.evals_per_epoch=2", "scheduler.type=fifo", "search.num_samples=4"]
+                 "train.evals_per_epoch=2", "scheduler.type=fifo", f"search.num_samples={trials}"]
     out = []
-    for c, reuse in [(1, True), (2, True)] + ([(1, False), (2, False)] if fresh_too else []):
+    for c, reuse in [(c, True) for c in concurrency] + ([(c, False) for c in concurrency] if fresh_too else []):
         log(f"sweep overhead: concurrency {c}, workers {'reused' if reuse else 'fresh'} ...")
-        r = run_sweep(f"overhead_c{c}_{'reused' if reuse else 'fresh'}", tmp, "sweeps/smoke.yaml",
+        r = run_sweep(f"overhead_{trials}x_c{c}_{'reused' if reuse else 'fresh'}", tmp, "sweeps/smoke.yaml",
                       overrides + [f"search.max_concurrent={c}", f"ray.reuse_workers={str(reuse).lower()}"])
         # When the trials ran: Ray's time_total_s counts from the trial's start (its setup included).
         starts = [h[0]["timestamp"] - h[0]["time_total_s"] for h in r["history"].values() if h]
@@ -564,6 +567,8 @@ def main() -> None:
                                                "or runner name parts (e.g. 'ours,trl SFTTrainer')")
     ap.add_argument("--sweep-examples", type=int, default=100, help="examples per trial of the overhead sweeps "
                                                                     "(100 ~ a lora_rank trial; 16 shows fixed costs)")
+    ap.add_argument("--sweep-trials", type=int, default=4, help="trials per overhead sweep (default 4)")
+    ap.add_argument("--sweep-concurrency", default="1,2", help="comma list of concurrencies (default 1,2)")
     ap.add_argument("--sweep-fresh", action="store_true", help="also run the overhead sweeps with a fresh "
                                                                  "process per trial (ray.reuse_workers=false)")
     ap.add_argument("--scaling", action="store_true", help="training time vs subset size and sequence length")
@@ -616,7 +621,9 @@ def main() -> None:
                                         else None} for r in throughput(s, runner_filter)])
     with tempfile.TemporaryDirectory(prefix="bench-sweeps-") as tmp:
         if "sweep" in sections:
-            section("sweep_overhead", lambda: sweep_overhead(Path(tmp), args.sweep_examples, args.sweep_fresh))
+            section("sweep_overhead", lambda: sweep_overhead(
+                Path(tmp), args.sweep_examples, args.sweep_fresh, args.sweep_trials,
+                tuple(int(c) for c in args.sweep_concurrency.split(","))))
         if "ttb" in sections:
             section("time_to_best", lambda: time_to_best(Path(tmp)))
     if "scaling" in sections:

@@ -426,6 +426,24 @@ def judge_key_problems(eval_cfg: EvalConfig, judge_searched: bool = False) -> li
             f"is not set; export {judge.api_key_env}=... (any value for a server without keys)"]
 
 
+def wandb_key_problems(w: WandbConfig) -> list[str]:
+    """W&B online needs a key (WANDB_API_KEY, or `wandb login`'s entry in ~/.netrc or $NETRC): without one every
+    trial's run would fail to start, so say it before the sweep starts."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if not w.enabled or w.mode != "online" or os.environ.get("WANDB_API_KEY"):
+        return []
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host or ""):
+            return []
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return ["wandb.mode: online needs a W&B API key; export WANDB_API_KEY=... or run `wandb login`, "
+            "or set wandb.mode: offline (sync later with `wandb sync`)"]
+
+
 def resource_problems(r: ResourcesConfig, ray_address: str) -> list[str]:
     """Shapes no machine can run, and, on a local Ray only, trials bigger than this machine. With a
     cluster address a big trial is fine: Ray keeps it pending until a node that fits joins."""
@@ -475,6 +493,7 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
                         "or use scheduler.type: fifo")
     problems += resource_problems(cfg.resources, cfg.ray_address)
     problems += judge_key_problems(cfg.eval, "eval.judge.enabled" in cfg.search.space)
+    problems += wandb_key_problems(cfg.wandb)
     cur = cfg.curriculum
     if cur.order == "staged" and cur.epochs_per_stage and cur.epochs_per_stage * cur.stages > cfg.train.epochs:
         problems.append(f"curriculum.epochs_per_stage: {cur.stages} stages x {cur.epochs_per_stage} epochs exceed "

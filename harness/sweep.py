@@ -93,8 +93,10 @@ def section_problems(raw: dict | None) -> list[str]:
         ModelConfig,
         RayConfig,
         ResourcesConfig,
+        WandbConfig,
         judge_key_problems,
         resource_problems,
+        wandb_key_problems,
     )
     from trainables.data.config import DataConfig
 
@@ -109,11 +111,13 @@ def section_problems(raw: dict | None) -> list[str]:
 
     data, model, evals = section("data", DataConfig), section("model", ModelConfig), section("eval", EvalConfig)
     resources, ray = section("resources", ResourcesConfig), section("ray", RayConfig)
+    wandb = section("wandb", WandbConfig)
     problems = existence_problems(data, model.name)[0] if data and model else []
     address = (ray.address if ray else None) or os.environ.get("RAY_ADDRESS") or "local"
     problems += resource_problems(resources, address) if resources else []
     space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
     searched = isinstance(space, dict) and "eval.judge.enabled" in space
+    problems += wandb_key_problems(wandb) if wandb else []
     return problems + (judge_key_problems(evals, searched) if evals else [])
 
 
@@ -464,8 +468,10 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     )
     callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base, store)]
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
-        callbacks.append(_WandbCallback(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.name,
-                                             dir=str(run_dir), mode=cfg.wandb.mode, log_config=True))
+        from harness.wandb_logger import WandbLogger
+
+        callbacks.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.name,
+                                     dir=str(run_dir), mode=cfg.wandb.mode))
     return tune.Tuner(
         trainable,
         param_space=param_space(s),
@@ -537,46 +543,8 @@ def _quiet_env(cfg: SweepConfig) -> None:
     # (Ray gives them oom_score_adj 1000): a failed trial, retried and recorded like any other.
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     if cfg.wandb.enabled:
-        os.environ["WANDB_MODE"] = cfg.wandb.mode  # Ray asks for an API key unless offline
+        os.environ["WANDB_MODE"] = cfg.wandb.mode
         os.environ.setdefault("WANDB_SILENT", "true")
-
-
-try:
-    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
-
-    class _WandbLogger(_WandbLoggingActor):
-        """Ray's per-trial W&B logging actor, closing its W&B service connection itself once the run is
-        finished: left to wandb's exit hook, the service was often gone by then in a Ray actor, and 8 of
-        14 trials of a sweep printed a ConnectionResetError traceback."""
-
-        def run(self) -> None:
-            super().run()
-            try:
-                self._wandb.teardown()
-            except Exception:  # noqa: BLE001 - the run is finished and written; nothing left to lose
-                pass
-
-    class _WandbCallback(WandbLoggerCallback):
-        """Ray's W&B callback, minus the traceback its __del__ prints at interpreter exit, and without its
-        30-minute hang on Ctrl-C: a trial interrupted by the stop never tells its logging actor to finish,
-        and Ray then waits upload_timeout (1800 s) for it. We tell every remaining actor to finish (it
-        flushes and closes its run), then wait a bounded time."""
-
-        _logger_actor_cls = _WandbLogger
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            for trial in list(self._trial_queues):
-                self._signal_logging_actor_stop(trial=trial)
-            self._upload_timeout = 60 if os.environ.get("WANDB_MODE") == "offline" else 300
-            super().on_experiment_end(trials, **info)
-
-        def __del__(self) -> None:
-            try:
-                super().__del__()
-            except Exception:  # noqa: BLE001 - ray is half torn down by then
-                pass
-except ImportError:  # wandb is optional at import time; the config enables it
-    _WandbCallback = None  # type: ignore[assignment,misc]
 
 
 def summarize(cfg: SweepConfig, rows: list[dict[str, Any]]) -> None:
@@ -659,7 +627,6 @@ def main(argv: list[str] | None = None) -> int:
               f"continue with: {again}{'' if '--resume' in again else ' --resume'}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
-    del tuner  # drop the W&B callback while the interpreter is whole (its __del__ needs ray)
     from harness.results import read_rows, write_best
 
     store.pull()  # what the trials wrote to a URI (evaluation outputs), for best.yaml and the report
@@ -719,5 +686,24 @@ def _report(run_dir: Path) -> None:
               file=sys.stderr)
 
 
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's slow teardown of torch, transformers and Ray (~3 s on 2 cores,
+    measured) once everything is written: Ray is shut down and every log and stream flushed first."""
+    import logging
+
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as e:  # exit code 2 of fail(): the same fast way out
+        if not isinstance(e.code, int):
+            raise
+        code = e.code
+    exit_now(code)

@@ -209,8 +209,8 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
 
 
 def test_ctrl_c_with_wandb_on_exits_promptly_keeps_what_was_reported_and_resumes(tmp_path):
-    """Ctrl-C in the middle of trials, W&B logging on: the driver must not hang on W&B's logging actors
-    of the interrupted trials (Ray waits 30 minutes for them by default), what was reported stays, the
+    """Ctrl-C in the middle of trials, W&B logging on: the driver must not hang on the W&B runs of the
+    interrupted trials (Ray's own W&B callback waited 30 minutes for them), what was reported stays, the
     interrupted trials are INTERRUPTED (not "stopped early"), and --resume finishes them."""
     args = ["sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=ctrlc", *TINY, "wandb.enabled=true",
             "wandb.mode=offline", "--no-report"]

@@ -109,6 +109,8 @@ CASES = [
     (JUDGE, ["eval.judge.api_key_env: the judge at https://api.example.com/v1 needs an API key but "
              "HARNESS_TEST_UNSET_KEY is not set; export HARNESS_TEST_UNSET_KEY=... (any value for a server "
              "without keys)"]),
+    (["wandb.mode=online"], ["wandb.mode: online needs a W&B API key; export WANDB_API_KEY=... or run `wandb "
+                             "login`, or set wandb.mode: offline (sync later with `wandb sync`)"]),
     (["eval.judge.api_key_env=sk-abc123"], ["eval.judge.api_key_env: give the NAME of an environment variable "
                                             "(e.g. OPENAI_API_KEY), not a key"]),
     (["eval.judge.base_url=https://me:hunter2@judge.example.com/v1"],
@@ -139,6 +141,9 @@ def test_malformed_sweep_is_refused_with_its_exact_message(overrides, expected, 
     if "resources.gpus_per_trial=1" in overrides and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     monkeypatch.delenv("HARNESS_TEST_UNSET_KEY", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # and no `wandb login` either:
+    (tmp_path.parent / "netrc").write_text("")
+    monkeypatch.setenv("NETRC", str(tmp_path.parent / "netrc"))
     err = refused(["sweeps/smoke.yaml", f"output.dir={tmp_path}", *overrides], capsys)
     assert err == [f"error: {line}" for line in expected]
     assert not list(tmp_path.iterdir()), "nothing may be written before the sweep is valid"
