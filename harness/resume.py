@@ -5,8 +5,10 @@ to a staging directory and copies it into runs/<name>/tune/ in the background, e
 Measured on a smoke sweep (polling the copy every 50 ms), a `kill -9` of the driver can find it:
   - pointing at a checkpoint that keep-best-k pruning has just deleted (the trial has a newer one):
     Tuner.restore then fails that trial with "Could not recover from checkpoint";
-  - cut mid-copy (invalid JSON): Tuner.restore fails altogether.
-`repair` fixes both from files on disk: a cut (or lagging) state file is replaced by Ray's staging copy
+  - cut mid-copy (invalid JSON): Tuner.restore fails altogether;
+  - lagging behind a trial that finished since (Optuna was told, harness/optuna_search.py): Ray would
+    train that trial's last steps again from the checkpoint it saved.
+`repair` fixes these from files on disk: a cut (or lagging) state file is replaced by Ray's staging copy
 when this machine still has it, and a newer checkpoint takes the name the state expects (the trial goes
 on from its newest state).
 Only the plain-JSON parts of the state are read; anything unexpected leaves the directory as it is.
@@ -37,7 +39,7 @@ def _load(path: Path) -> dict | None:
     return state if isinstance(state, dict) and "trial_data" in state else None
 
 
-def _staging_copies(name: str) -> list[Path]:
+def staging_copies(name: str) -> list[Path]:
     """Ray's own copies of an experiment state file, in its session directories on this machine."""
     root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
     return sorted(root.glob(f"session_*/artifacts/*/*/driver_artifacts/{name}"), key=lambda p: p.stat().st_mtime,
@@ -62,7 +64,7 @@ def saved_state(tune_dir: Path, notes: list[str] | None = None) -> dict | None:
         return None
     newest = files[-1]
     state = _load(newest)
-    for copy in _staging_copies(newest.name):
+    for copy in staging_copies(newest.name):
         candidate = _load(copy)
         # The same experiment: its trials' directories are the ones in this run directory.
         if not candidate or not all((Path(tune_dir) / t["relative_logdir"]).is_dir() for t, _ in trials_of(candidate)):
@@ -84,8 +86,9 @@ def saved_state(tune_dir: Path, notes: list[str] | None = None) -> dict | None:
     return saved_state(tune_dir, notes)
 
 
-def repair(tune_dir: Path) -> list[str]:
-    """Fix what a kill can leave behind in Ray's experiment dir; return one note per fix."""
+def repair(tune_dir: Path, finished: set[str] = frozenset()) -> list[str]:
+    """Fix what a kill can leave behind in Ray's experiment dir; return one note per fix. `finished`: the
+    trials that results.csv holds as run to their last step (TERMINATED)."""
     notes: list[str] = []
     state = saved_state(Path(tune_dir), notes)
     if state is None:
@@ -97,16 +100,25 @@ def repair(tune_dir: Path) -> list[str]:
     for trial, meta in trials:
         wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
         trial_dir = Path(tune_dir) / trial.get("relative_logdir", "")
-        if trial.get("status") not in UNFINISHED or not wanted or (trial_dir / wanted).exists():
+        if trial.get("status") not in UNFINISHED or not wanted or not _CKPT.match(wanted):
             continue
-        index = int(_CKPT.match(wanted).group(1)) if _CKPT.match(wanted) else -1
+        # A trial that finished after the last saved state goes on from its final checkpoint, where it only
+        # reports its end again (trainables/qlora.py); from the saved one it would train its last steps again.
+        # Only then: a trial stopped early by the scheduler must report at its rung again, to be stopped again.
+        ended = trial.get("trial_id") in finished
+        if (trial_dir / wanted).exists() and not ended:
+            continue
+        index = int(_CKPT.match(wanted).group(1))
         newer = sorted((d for d in trial_dir.glob("checkpoint_*") if _CKPT.match(d.name)
                         and int(_CKPT.match(d.name).group(1)) > index), key=lambda d: d.name)
         if not newer:
-            continue  # nothing newer to go on from: Ray records the trial as failed, the sweep goes on
+            continue  # nothing newer to go on from: as saved (a pruned one: Ray records the trial as failed)
+        if (trial_dir / wanted).exists():
+            shutil.rmtree(trial_dir / wanted)  # older than the final one that takes its name
         newer[-1].rename(trial_dir / wanted)
         for stale in newer[:-1]:  # older than the one kept; Ray's state knows none of them
             shutil.rmtree(stale, ignore_errors=True)
-        notes.append(f"trial {trial['trial_id']}: {wanted} had been pruned after the last saved state; "
-                     f"it goes on from its newer {newer[-1].name}")
+        why = ("had finished after the last saved state; it reports its end again from its final"
+               if ended else f"{wanted} had been pruned after the last saved state; it goes on from its newer")
+        notes.append(f"trial {trial['trial_id']}: {why} {newer[-1].name}")
     return notes

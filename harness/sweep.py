@@ -441,9 +441,10 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     search_alg = None
     if s.algorithm == "optuna":
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(
+        from harness.optuna_search import ResumableOptunaSearch
+
+        search_alg = ResumableOptunaSearch(
             sampler=optuna.samplers.TPESampler(seed=s.seeds[0]),
             storage=optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}"),
             study_name=cfg.name,
@@ -656,11 +657,13 @@ def _prepare_resume(store: Storage) -> bool:
     its first state): the sweep then starts in the same place."""
     from ray import tune
 
+    from harness.results import read_rows
     from harness.resume import ResumeError, repair
 
     if not store.remote:
+        finished = {r["trial_id"] for r in read_rows(store.local / "results.csv") if r["status"] == "TERMINATED"}
         try:
-            notes = repair(store.local / "tune")
+            notes = repair(store.local / "tune", finished)
         except ResumeError as e:
             fail([str(e)])
         for note in notes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from conftest import PLANTED_SECRETS, REPO, read_csv, run_sweep
 from test_judge import Scripted
 
-from harness.resume import saved_state, trials_of
+from harness.resume import saved_state, staging_copies, trials_of
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +150,23 @@ def test_planted_keys_are_used_but_written_nowhere(smoke_run, failing_run, judge
 # ----------------------------------------------------------------------------- kill -9 and resume
 
 
+def saved_before_it_ended(tune_dir: Path, trial_id: str) -> None:
+    """Ray's saved state (here and its staging copies) as if the kill had come after Optuna stored the
+    trial's end and before Ray saved it (CI, 2026-12-01): running for Ray, not complete for its searcher."""
+    state_file = sorted(tune_dir.glob("experiment_state-*.json"))[-1]
+    for path in [state_file, *staging_copies(state_file.name)]:
+        state = json.loads(path.read_text())
+        for entry in state["trial_data"]:
+            trial = json.loads(entry[0])
+            if trial["trial_id"] == trial_id:
+                entry[0] = json.dumps({**trial, "status": "RUNNING"})
+        path.write_text(json.dumps(state))
+        for searcher_file in path.parent.glob("searcher-state-*.pkl"):
+            searcher = pickle.loads(searcher_file.read_bytes())
+            searcher["_completed_trials"].discard(trial_id)
+            searcher_file.write_bytes(pickle.dumps(searcher))
+
+
 def test_sigkill_of_the_driver_then_resume(tmp_path):
     """Kill the whole driver (its Ray too) once a trial has finished and another is half-way, then
     --resume: finished trials are kept as they were, the interrupted one goes on from its checkpoint,
@@ -170,18 +188,20 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     done = {t: r for t, r in before.items() if r["status"] == "TERMINATED"}
     kept_history = {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in done}
 
-    # Two things a kill can leave behind (harness/resume.py), made certain here: the saved state points at
-    # a checkpoint that pruning has already replaced by a newer one, and the saved state file is cut short.
+    # Three things a kill can leave behind, made certain here: the saved state points at a checkpoint that
+    # pruning has already replaced by a newer one, a trial ended after the last saved state (Optuna knows,
+    # Ray does not), and the saved state file is cut short.
     tune_dir = run_dir / "tune"
     interrupted = None
     for trial, meta in trials_of(saved_state(tune_dir)):  # the state --resume will restore
         wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
-        if trial["status"] == "RUNNING" and wanted:
+        if trial["status"] == "RUNNING" and wanted and trial["trial_id"] not in done:
             trial_dir = tune_dir / trial["relative_logdir"]
             newest = max(int(d.name.split("_")[1]) for d in trial_dir.glob("checkpoint_*"))
             (trial_dir / wanted).rename(trial_dir / f"checkpoint_{newest + 1:06d}")
             interrupted = trial["trial_id"]
     assert interrupted, "a half-way trial with a saved checkpoint"
+    saved_before_it_ended(tune_dir, next(iter(done)))
     state_file = sorted(tune_dir.glob("experiment_state-*.json"))[-1]
     state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])
 

@@ -103,11 +103,16 @@ class Session:
 
         return tune.get_checkpoint()
 
+    def tagged(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Metrics with this node and the world size, unless they name the node they were made on (a
+        finished trial's last report, said again after a resume)."""
+        return {**self.place, "world_size": self.world_size, **metrics}
+
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
-        """Report metrics (with this node), checkpointing `state` as state.pt when given."""
+        """Report metrics (tagged), checkpointing `state` as state.pt when given."""
         from ray import tune
 
-        metrics = {**metrics, **self.place, "world_size": self.world_size}
+        metrics = self.tagged(metrics)
         if state is None:
             tune.report(metrics)
             return
@@ -161,7 +166,7 @@ class DDPSession(Session):
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         import ray.train
 
-        metrics = {**metrics, **self.place, "world_size": self.world_size}
+        metrics = self.tagged(metrics)
         # Every rank must report (it is a barrier); rank 0's metrics and checkpoint are the trial's.
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None

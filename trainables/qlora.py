@@ -252,8 +252,8 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
         positions, heldout_seconds = state["positions"], state["heldout_seconds"]
         torch.set_rng_state(state["rng"])
         resumed = {"resumed_from_report": state["metrics"]["report"]}
-        if step >= total_steps:  # finished before the driver died: say so again, nothing to train
-            session.report({**state["metrics"], **resumed, **_memory(device)})
+        if step >= total_steps:  # finished before the driver died: say so again (its own figures), nothing to train
+            session.report({**state["metrics"], **resumed})
             return
 
     static = {
@@ -307,7 +307,8 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
         session.report(metrics, {
             "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "tokens_seen": tokens_seen,
-            "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(), "metrics": metrics,
+            "train_seconds": train_seconds, "best": best, "rng": torch.get_rng_state(),
+            "metrics": session.tagged(metrics),  # as reported
             "positions": positions, "heldout_seconds": heldout_seconds,
             "scaler": scaler.state_dict() if scaler else None,
         })
