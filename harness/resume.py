@@ -27,6 +27,12 @@ UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 _CKPT = re.compile(r"^checkpoint_(\d+)$")
 
 
+def _index(name: str) -> int:
+    """checkpoint_000003 -> 3; -1 for any other name."""
+    m = _CKPT.match(name)
+    return int(m.group(1)) if m else -1
+
+
 class ResumeError(RuntimeError):
     """The saved state cannot be used; the message says what to do."""
 
@@ -100,17 +106,16 @@ def repair(tune_dir: Path, finished: set[str] = frozenset()) -> list[str]:
     for trial, meta in trials:
         wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
         trial_dir = Path(tune_dir) / trial.get("relative_logdir", "")
-        if trial.get("status") not in UNFINISHED or not wanted or not _CKPT.match(wanted):
+        index = _index(wanted or "")
+        if trial.get("status") not in UNFINISHED or index < 0:
             continue
         # A trial that finished after the last saved state goes on from its final checkpoint, where it only
         # reports its end again (trainables/qlora.py); from the saved one it would train its last steps again.
-        # Only then: a trial stopped early by the scheduler must report at its rung again, to be stopped again.
+        # One stopped early by the scheduler stays as saved: it must report at its rung again, to be stopped again.
         ended = trial.get("trial_id") in finished
         if (trial_dir / wanted).exists() and not ended:
             continue
-        index = int(_CKPT.match(wanted).group(1))
-        newer = sorted((d for d in trial_dir.glob("checkpoint_*") if _CKPT.match(d.name)
-                        and int(_CKPT.match(d.name).group(1)) > index), key=lambda d: d.name)
+        newer = sorted((d for d in trial_dir.glob("checkpoint_*") if _index(d.name) > index), key=lambda d: _index(d.name))
         if not newer:
             continue  # nothing newer to go on from: as saved (a pruned one: Ray records the trial as failed)
         if (trial_dir / wanted).exists():
