@@ -6,7 +6,7 @@ load, time to the best configuration, and scaling. One run, one machine, ratios 
     python bench/bench_train.py --scaling              # + training time vs subset size / sequence length
     python bench/bench_train.py --time-to-best         # + ASHA+TPE vs full grid (real sweeps; slow)
     python bench/bench_train.py --only sweep --sweep-fresh     # overhead, reused vs fresh trial processes
-    python bench/bench_train.py --only sweep --sweep-trials 8 --sweep-concurrency 2   # longer sweeps
+    python bench/bench_train.py --only sweep --sweep-trials-per-slot 2   # shorter sweeps (fixed costs weigh more)
     python bench/bench_train.py --only throughput --steps 8     # one section, quicker
 
 Every runner trains the same LoRA (r 8, alpha 16, dropout 0.05, all-linear, the same seeded init) on
@@ -127,16 +127,18 @@ def summarize_run(name: str, step_times: list[float], step_cpu: list[float], ste
 
 
 def run_ours(s: Setup, name: str, *, packing: bool, group: bool, compile_: bool = False,
-             checkpointing: bool = False) -> dict[str, Any]:
-    """The trainable's own path: order_batches -> pack / collate -> train_step."""
+             checkpointing: bool = False, fp32: bool = False) -> dict[str, Any]:
+    """The trainable's own path: order_batches -> pack / collate -> train_step. `fp32`: without the
+    bf16 autocast the machine supports (what it gains, in the same run)."""
     from transformers import get_scheduler
 
     from trainables.batching import collate, pack, packing_isolates
-    from trainables.qlora import order_batches, train_step
+    from trainables.qlora import make_autocast, order_batches, train_step
 
     a = s.args
+    autocast = make_autocast(s.device, False) if fp32 else s.autocast
     model = s.model(checkpointing)
-    packed = packing and packing_isolates(model, s.device, s.autocast)
+    packed = packing and packing_isolates(model, s.device, autocast)
     rows = s.rows_for(a.steps)
     lengths = [len(x) for x, _ in rows]
     order = order_batches([list(range(len(rows)))], lengths, a.batch_size, packed=packed, group=group,
@@ -151,7 +153,7 @@ def run_ours(s: Setup, name: str, *, packing: bool, group: bool, compile_: bool 
     for mb in order[: a.steps]:
         picked = [rows[i] for i in mb]
         b = pack(picked, device=s.device) if packed else collate(picked, s.tokenizer.pad_token_id, s.device)
-        loss = train_step(forward, [b], s.autocast, opt, sched, params, 1.0)
+        loss = train_step(forward, [b], autocast, opt, sched, params, 1.0)
         losses.append(loss / b.n_labels)  # stays on the device: no sync in the timed loop
         tokens.append(b.n_tokens)
         times.append(time.perf_counter())
@@ -267,6 +269,9 @@ def throughput(s: Setup, only: set[str] | None) -> list[dict[str, Any]]:
         ("trl SFTTrainer packing (bfd)", lambda: run_hf(s, "trl SFTTrainer packing (bfd)", trl=True, packing=True)),
         ("hf Trainer", lambda: run_hf(s, "hf Trainer", trl=False)),
     ]
+    if s.bf16 and s.device == "cpu":
+        runners.append(("ours (packed, fp32)", lambda: run_ours(s, "ours (packed, fp32)", packing=True, group=False,
+                                                                 fp32=True)))
     if s.args.compile:
         runners.append(("ours (packed, compile)", lambda: run_ours(s, "ours (packed, compile)", packing=True,
                                                                      group=False, compile_=True)))
@@ -361,20 +366,22 @@ def run_sweep(name: str, out: Path, sweep: str, overrides: list[str]) -> dict[st
     return {"wall": wall, "rows": rows, "history": history, "started": started, "ended": started + wall}
 
 
-def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False, trials: int = 4,
+def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False, per_slot: int = 4,
                    concurrency: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
-    """wall time of a real sweep of `trials` trials (sweeps/smoke.yaml: TPE, W&B offline; FIFO so every
-    trial runs to the end) / the trials' own training time, at each concurrency (an even number of
-    trials: at 2 at a time no slot idles while the last trial runs alone, which would be the sweep's
-    shape, not its overhead). Workers reused (the default); `fresh_too`: the same sweeps again with a
-    fresh process per trial."""
+    """wall time of a real sweep (sweeps/smoke.yaml: TPE, W&B offline; FIFO so every trial runs to the
+    end) / the trials' own training time, at each concurrency c, with `per_slot` trials per slot (c x
+    per_slot trials): every slot runs the same number of trials at every concurrency, and none idles
+    while the last trial runs alone, which would be the sweep's shape, not its overhead. Workers reused
+    (the default); `fresh_too`: the same sweeps again with a fresh process per trial."""
     overrides = [f"selection.n={n_examples}", "data.eval_size=8", "train.epochs=1", "train.max_seq_len=128",
-                 "train.evals_per_epoch=2", "scheduler.type=fifo", f"search.num_samples={trials}"]
+                 "train.evals_per_epoch=2", "scheduler.type=fifo"]
     out = []
     for c, reuse in [(c, True) for c in concurrency] + ([(c, False) for c in concurrency] if fresh_too else []):
-        log(f"sweep overhead: concurrency {c}, workers {'reused' if reuse else 'fresh'} ...")
+        trials = per_slot * c
+        log(f"sweep overhead: {trials} trials, concurrency {c}, workers {'reused' if reuse else 'fresh'} ...")
         r = run_sweep(f"overhead_{trials}x_c{c}_{'reused' if reuse else 'fresh'}", tmp, "sweeps/smoke.yaml",
-                      overrides + [f"search.max_concurrent={c}", f"ray.reuse_workers={str(reuse).lower()}"])
+                      overrides + [f"search.num_samples={trials}", f"search.max_concurrent={c}",
+                                   f"ray.reuse_workers={str(reuse).lower()}"])
         # When the trials ran: Ray's time_total_s counts from the trial's start (its setup included).
         starts = [h[0]["timestamp"] - h[0]["time_total_s"] for h in r["history"].values() if h]
         ends = [h[-1]["timestamp"] for h in r["history"].values() if h]
@@ -567,7 +574,8 @@ def main() -> None:
                                                "or runner name parts (e.g. 'ours,trl SFTTrainer')")
     ap.add_argument("--sweep-examples", type=int, default=100, help="examples per trial of the overhead sweeps "
                                                                     "(100 ~ a lora_rank trial; 16 shows fixed costs)")
-    ap.add_argument("--sweep-trials", type=int, default=4, help="trials per overhead sweep (default 4)")
+    ap.add_argument("--sweep-trials-per-slot", type=int, default=4,
+                    help="trials per concurrent slot of each overhead sweep (default 4: 4 at c=1, 8 at c=2)")
     ap.add_argument("--sweep-concurrency", default="1,2", help="comma list of concurrencies (default 1,2)")
     ap.add_argument("--sweep-fresh", action="store_true", help="also run the overhead sweeps with a fresh "
                                                                  "process per trial (ray.reuse_workers=false)")
@@ -622,7 +630,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweeps-") as tmp:
         if "sweep" in sections:
             section("sweep_overhead", lambda: sweep_overhead(
-                Path(tmp), args.sweep_examples, args.sweep_fresh, args.sweep_trials,
+                Path(tmp), args.sweep_examples, args.sweep_fresh, args.sweep_trials_per_slot,
                 tuple(int(c) for c in args.sweep_concurrency.split(","))))
         if "ttb" in sections:
             section("time_to_best", lambda: time_to_best(Path(tmp)))

@@ -119,6 +119,26 @@ def test_packing_check_catches_a_model_that_mixes_examples(model):
     assert not packing_isolates(IgnoresPositions(model), "cpu", NO_AUTOCAST)
 
 
+def test_a_worker_checks_each_model_once(model):
+    from trainables.qlora import packs_apart
+
+    class Counting(IgnoresPositions):
+        calls = 0
+
+        def forward(self, position_ids=None, **kwargs):
+            Counting.calls += 1
+            return super().forward(position_ids, **kwargs)
+
+    mixing = Counting(model)
+    key = ("test-mixing-model", "none", "cpu", False)
+    assert not packs_apart(mixing, key, "cpu", NO_AUTOCAST)
+    checked = Counting.calls
+    assert checked == 3  # two examples alone, then packed
+    assert not packs_apart(mixing, key, "cpu", NO_AUTOCAST)  # the same answer, not checked again
+    assert Counting.calls == checked
+    assert packs_apart(model, (*key[:3], True), "cpu", NO_AUTOCAST)  # another key: checked
+
+
 @pytest.fixture(scope="module")
 def lora_factory():
     from peft import LoraConfig, get_peft_model
