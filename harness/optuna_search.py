@@ -6,6 +6,9 @@ holds as finished but Ray's saved state still holds as running. `--resume` then 
 last checkpoint, the trial only says its last report again (trainables/qlora.py), and Ray passes that
 report on to Optuna, which refuses to touch a finished trial (UpdateFinishedTrialError) and stopped the
 whole resumed sweep (CI, 2026-12-01). Such a trial was already told: here it is left as Optuna has it.
+A trial the restored searcher never suggested (its state was saved before the trial began, and
+harness/resume.py found no newer copy to restore with the trial list) stopped it too (KeyError, CI,
+2026-12-01): its results run and are recorded, but Optuna, which cannot be told them, keeps it as running.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 class ResumableOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self._ot_trials:
+            return  # suggested after the saved searcher state (see above)
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:
             self._completed_trials.add(trial_id)  # Ray's own mark: it then skips the trial's completion
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
-            return  # told before the kill (above); Ray's version would log a warning for it
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return  # told before the kill, or never suggested by this searcher (above)
         super().on_trial_complete(trial_id, result, error)

@@ -9,8 +9,8 @@ Measured on a smoke sweep (polling the copy every 50 ms), a `kill -9` of the dri
   - lagging behind a trial that finished since (Optuna was told, harness/optuna_search.py): Ray would
     train that trial's last steps again from the checkpoint it saved.
 `repair` fixes these from files on disk: a cut (or lagging) state file is replaced by Ray's staging copy
-when this machine still has it, and a newer checkpoint takes the name the state expects (the trial goes
-on from its newest state).
+when this machine still has it (with the searcher's state saved beside it, so that the two agree), and a
+newer checkpoint takes the name the state expects (the trial goes on from its newest state).
 Only the plain-JSON parts of the state are read; anything unexpected leaves the directory as it is.
 """
 
@@ -52,6 +52,19 @@ def staging_copies(name: str) -> list[Path]:
                   reverse=True)
 
 
+def restore_from_staging(copy: Path, tune_dir: Path) -> list[str]:
+    """Ray's staging copy of an experiment state, with the searcher's state that Ray saved beside it:
+    the copy in tune_dir may hold an older searcher, which fails on the first report of a trial it never
+    suggested (KeyError in OptunaSearch.on_trial_result; CI, 2026-12-01). Returns the files copied."""
+    stamp = copy.name.removeprefix("experiment_state-").removesuffix(".json")
+    copied = []
+    for name in (copy.name, f"searcher-state-{stamp}.pkl", f"search_gen_state-{stamp}.json"):
+        if (copy.parent / name).is_file():
+            shutil.copyfile(copy.parent / name, tune_dir / name)
+            copied.append(name)
+    return copied
+
+
 def trials_of(state: dict) -> list[tuple[dict, dict]]:
     out = []
     for entry in state["trial_data"]:
@@ -76,7 +89,7 @@ def saved_state(tune_dir: Path, notes: list[str] | None = None) -> dict | None:
         if not candidate or not all((Path(tune_dir) / t["relative_logdir"]).is_dir() for t, _ in trials_of(candidate)):
             continue
         if state is None or (candidate != state and copy.stat().st_mtime > newest.stat().st_mtime):
-            shutil.copyfile(copy, newest)
+            restore_from_staging(copy, Path(tune_dir))
             why = "was cut short by the kill" if state is None else "lagged behind Ray's own copy"
             notes.append(f"{newest.name} {why}; restored Ray's complete copy from {copy}")
             return candidate

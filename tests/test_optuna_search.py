@@ -60,3 +60,29 @@ def test_ray_s_own_searcher_stops_there(killed_after_optuna_was_told):
     plain.restore(saved)
     with pytest.raises(UpdateFinishedTrialError):
         plain.on_trial_result("t1", report(2, 1.5))
+
+
+def test_a_trial_the_restored_searcher_never_suggested_does_not_stop_the_sweep(tmp_path):
+    """Ray's saved trial list knows a trial that its saved searcher does not (the searcher's file is older):
+    the trial's reports and end leave the study as it is, and the search goes on."""
+    db, saved = f"sqlite:///{tmp_path / 'optuna.db'}", str(tmp_path / "searcher-state.pkl")
+    s = searcher(ResumableOptunaSearch, db)
+    s.suggest("t1")
+    s.save(saved)  # the searcher's last saved state
+    s.suggest("t2")  # then the kill
+    resumed = searcher(ResumableOptunaSearch, db)
+    resumed.restore(saved)
+    resumed.on_trial_result("t2", report(1, 2.0))
+    resumed.on_trial_complete("t2", report(1, 2.0))
+    resumed.on_trial_result("t1", report(1, 1.8))
+    resumed.on_trial_complete("t1", report(1, 1.8))
+    assert resumed.suggest("t3") is not None
+
+    first, second, third = optuna.load_study(study_name="s", storage=db).trials
+    assert (first.state, first.value) == (TrialState.COMPLETE, 1.8)
+    assert (second.state, second.intermediate_values) == (TrialState.RUNNING, {})  # t2: never told
+    assert third.state == TrialState.RUNNING
+    plain = searcher(OptunaSearch, db)  # Ray's own searcher stops there
+    plain.restore(saved)
+    with pytest.raises(KeyError):
+        plain.on_trial_result("t2", report(1, 2.0))

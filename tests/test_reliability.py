@@ -167,6 +167,15 @@ def saved_before_it_ended(tune_dir: Path, trial_id: str) -> None:
             searcher_file.write_bytes(pickle.dumps(searcher))
 
 
+def searcher_copied_before(tune_dir: Path, trial_id: str) -> None:
+    """The searcher's state here as if Ray's background copy had taken it before `trial_id` was suggested
+    (CI, 2026-12-01); Ray's staging copy, saved with the trial list, still knows the trial."""
+    for path in tune_dir.glob("searcher-state-*.pkl"):
+        searcher = pickle.loads(path.read_bytes())
+        del searcher["_ot_trials"][trial_id]
+        path.write_bytes(pickle.dumps(searcher))
+
+
 def test_sigkill_of_the_driver_then_resume(tmp_path):
     """Kill the whole driver (its Ray too) once a trial has finished and another is half-way, then
     --resume: finished trials are kept as they were, the interrupted one goes on from its checkpoint,
@@ -188,9 +197,9 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     done = {t: r for t, r in before.items() if r["status"] == "TERMINATED"}
     kept_history = {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in done}
 
-    # Three things a kill can leave behind, made certain here: the saved state points at a checkpoint that
+    # Four things a kill can leave behind, made certain here: the saved state points at a checkpoint that
     # pruning has already replaced by a newer one, a trial ended after the last saved state (Optuna knows,
-    # Ray does not), and the saved state file is cut short.
+    # Ray does not), the saved state file is cut short, and the searcher's file beside it is older.
     tune_dir = run_dir / "tune"
     interrupted = None
     for trial, meta in trials_of(saved_state(tune_dir)):  # the state --resume will restore
@@ -202,6 +211,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
             interrupted = trial["trial_id"]
     assert interrupted, "a half-way trial with a saved checkpoint"
     saved_before_it_ended(tune_dir, next(iter(done)))
+    searcher_copied_before(tune_dir, interrupted)
     state_file = sorted(tune_dir.glob("experiment_state-*.json"))[-1]
     state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])
 

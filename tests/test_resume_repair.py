@@ -70,3 +70,28 @@ def test_a_pruned_checkpoint_with_nothing_newer_is_left_to_ray(tune_dir):
     saved(tune_dir, {"lost": ("RUNNING", "checkpoint_000003", [0, 1])})
     assert repair(tune_dir, finished={"lost"}) == []
     assert checkpoints(tune_dir, "lost") == {"checkpoint_000000": "report 1", "checkpoint_000001": "report 2"}
+
+
+def test_a_state_restored_from_rays_staging_copy_brings_its_searcher_along(tmp_path, monkeypatch):
+    """The copy in tune/ was cut by the kill, and its searcher is older than Ray's staging copy (it does not
+    know the last trial suggested): both come from the staging directory, which Ray wrote together."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    stamp = "2026-12-01_12-13-20"
+    staging = tmp_path / "ray" / "session_1" / "artifacts" / stamp / "tune" / "driver_artifacts"
+    tune_dir = tmp_path / "tune"
+    for d, searcher in ((staging, "knows trials 1-3"), (tune_dir, "knows trials 1-2")):
+        d.mkdir(parents=True)
+        (d / f"experiment_state-{stamp}.json").write_text('{"trial_data": []}')
+        (d / f"searcher-state-{stamp}.pkl").write_text(searcher)
+        (d / f"search_gen_state-{stamp}.json").write_text(searcher)
+    (tune_dir / f"experiment_state-{stamp}.json").write_text('{"trial_da')  # cut mid-copy
+    (tune_dir / "searcher-state-2026-12-01_09-00-00.pkl").write_text("an earlier session's: left alone")
+
+    notes = repair(tune_dir)
+
+    assert notes == [f"experiment_state-{stamp}.json was cut short by the kill; restored Ray's complete copy from "
+                     f"{staging / f'experiment_state-{stamp}.json'}"]
+    assert (tune_dir / f"experiment_state-{stamp}.json").read_text() == '{"trial_data": []}'
+    assert (tune_dir / f"searcher-state-{stamp}.pkl").read_text() == "knows trials 1-3"
+    assert (tune_dir / f"search_gen_state-{stamp}.json").read_text() == "knows trials 1-3"
+    assert (tune_dir / "searcher-state-2026-12-01_09-00-00.pkl").read_text() == "an earlier session's: left alone"
