@@ -150,6 +150,25 @@ def test_planted_keys_are_used_but_written_nowhere(smoke_run, failing_run, judge
 # ----------------------------------------------------------------------------- kill -9 and resume
 
 
+def kill_trial_workers(run_dir: Path) -> None:
+    """Ray's workers have process groups of their own: a worker outlives the killed driver for a moment and
+    can still write a checkpoint (CI, 2026-12-01: into a directory this test had just renamed). Kill the
+    trials' workers too and wait for them, so that nothing changes the run directory while the test edits it."""
+    import psutil
+
+    pids = {h["pid"] for t in (run_dir / "trials").iterdir() for h in history(run_dir, t.name) if "pid" in h}
+    workers = []
+    for pid in pids:
+        try:
+            worker = psutil.Process(pid)
+            if worker.cmdline()[:1] and worker.cmdline()[0].startswith("ray::"):
+                worker.kill()
+                workers.append(worker)
+        except psutil.Error:
+            pass  # gone already
+    psutil.wait_procs(workers, timeout=30)
+
+
 def saved_before_it_ended(tune_dir: Path, trial_id: str) -> None:
     """Ray's saved state (here and its staging copies) as if the kill had come after Optuna stored the
     trial's end and before Ray saved it (CI, 2026-12-01): running for Ray, not complete for its searcher."""
@@ -193,6 +212,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
     wait_for(proc, finished_and_half_way)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    kill_trial_workers(run_dir)
     before = {r["trial_id"]: r for r in read_csv(run_dir / "results.csv", missing_ok=True)}
     done = {t: r for t, r in before.items() if r["status"] == "TERMINATED"}
     kept_history = {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in done}
