@@ -52,17 +52,14 @@ def staging_copies(name: str) -> list[Path]:
                   reverse=True)
 
 
-def restore_from_staging(copy: Path, tune_dir: Path) -> list[str]:
+def restore_from_staging(copy: Path, tune_dir: Path) -> None:
     """Ray's staging copy of an experiment state, with the searcher's state that Ray saved beside it:
     the copy in tune_dir may hold an older searcher, which fails on the first report of a trial it never
-    suggested (KeyError in OptunaSearch.on_trial_result; CI, 2026-12-01). Returns the files copied."""
+    suggested (KeyError in OptunaSearch.on_trial_result; CI, 2026-12-01)."""
     stamp = copy.name.removeprefix("experiment_state-").removesuffix(".json")
-    copied = []
     for name in (copy.name, f"searcher-state-{stamp}.pkl", f"search_gen_state-{stamp}.json"):
         if (copy.parent / name).is_file():
             shutil.copyfile(copy.parent / name, tune_dir / name)
-            copied.append(name)
-    return copied
 
 
 def trials_of(state: dict) -> list[tuple[dict, dict]]:
