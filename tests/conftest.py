@@ -4,7 +4,9 @@ embedded SmolLM2-135M model (converted once into the user cache, ~20 s the first
 from __future__ import annotations
 
 import csv
+import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +78,40 @@ def read_csv(path: Path, missing_ok: bool = False) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _wandb_records(path: Path) -> list:
+    """The records of an offline run's .wandb file: a LevelDB-style log (7-byte file header, 32 KiB
+    blocks, each record chunk after a 7-byte header: crc, little-endian length, type), protobufs inside."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    raw, pos, part, out = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(raw):
+        if (left := 32768 - pos % 32768) < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        length, kind = struct.unpack("<HB", raw[pos + 4:pos + 7])
+        part, pos = part + raw[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            out.append(Record.FromString(part))
+            part = b""
+    return out
+
+
+def _wandb_key(item) -> str:
+    return item.key or ".".join(item.nested_key)  # W&B writes some keys as a one-part nested key
+
+
+def wandb_runs(root: Path) -> dict[str, dict]:
+    """trial id -> its offline W&B run under <root>/wandb: its config (set at start and updated), its
+    group, and the eval_loss of its history in order."""
+    found = {}
+    for d in (root / "wandb").glob("offline-run-*"):
+        run = found[d.name.rsplit("-", 1)[1]] = {"config": {}, "group": None, "eval_loss": []}
+        for r in (r for f in d.glob("*.wandb") for r in _wandb_records(f)):
+            if r.HasField("run"):
+                run["group"] = r.run.run_group
+            for item in r.run.config.update if r.HasField("run") else r.config.update:
+                run["config"][_wandb_key(item)] = json.loads(item.value_json)
+            run["eval_loss"] += [json.loads(i.value_json) for i in r.history.item if _wandb_key(i) == "eval_loss"]
+    return found

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import read_csv, run_sweep
+from conftest import read_csv, run_sweep, wandb_runs
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +46,14 @@ def test_smoke_sweep_used_optuna_storage_and_offline_wandb(smoke_run):
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke_run / 'optuna.db'}")
     assert len(study.trials) == 3
     trial_ids = {r["trial_id"] for r in read_csv(smoke_run / "results.csv")}
-    runs = {r.name.rsplit("-", 1)[1]: r for r in (smoke_run / "wandb").glob("offline-run-*")}
+    runs = wandb_runs(smoke_run)
     assert trial_ids <= set(runs), "one offline W&B run per trial (named by trial id)"
-    assert all(any(runs[t].glob("*.wandb")) for t in trial_ids)
-    # The trial's config (searched parameters) and the sweep group are in the offline run's record.
-    record = next(runs[min(trial_ids)].glob("*.wandb")).read_bytes()
-    assert b"lora.r" in record and b"smoke" in record and b"eval_loss" in record
+    # Each run has the sweep as its group, the trial's searched parameters as config, its reports as history.
+    for r in read_csv(smoke_run / "results.csv"):
+        run = runs[r["trial_id"]]
+        assert run["group"] == "smoke" and run["config"]["lora.r"] == int(r["config/lora.r"])
+        history = (smoke_run / "trials" / r["trial_id"] / "metrics.jsonl").read_text().splitlines()
+        assert run["eval_loss"] == [json.loads(h)["eval_loss"] for h in history]
 
 
 def test_asha_stops_a_clearly_worse_trial_on_a_named_test_set(tmp_path):

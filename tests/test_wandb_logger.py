@@ -5,10 +5,9 @@ its own promises: runs of concurrent trials kept apart, a retried trial in its o
 
 from __future__ import annotations
 
-import json
 import pickle
-import struct
-from pathlib import Path
+
+from conftest import wandb_runs
 
 from harness.wandb_logger import WandbLogger
 
@@ -21,42 +20,6 @@ class Trial:
 
     def __str__(self) -> str:
         return f"train_trial_{self.trial_id}"
-
-
-def records(path: Path) -> list:
-    """The records of an offline run's .wandb file: a LevelDB-style log (7-byte file header, 32 KiB
-    blocks, each record chunk after a 7-byte header: crc, little-endian length, type), protobufs inside."""
-    from wandb.proto.wandb_internal_pb2 import Record
-
-    raw, pos, part, out = path.read_bytes(), 7, b"", []
-    while pos + 7 <= len(raw):
-        if (left := 32768 - pos % 32768) < 7:  # a block's tail too short for a header is padding
-            pos += left
-            continue
-        length, kind = struct.unpack("<HB", raw[pos + 4:pos + 7])
-        part, pos = part + raw[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # FULL or LAST: a whole record
-            out.append(Record.FromString(part))
-            part = b""
-    return out
-
-
-def key(item) -> str:
-    return item.key or ".".join(item.nested_key)  # W&B writes some keys as a one-part nested key
-
-
-def runs(root: Path) -> dict[str, dict]:
-    """trial id -> its offline run: config (set at start and updated), group, the history's eval_loss."""
-    found = {}
-    for d in (root / "wandb").glob("offline-run-*"):
-        run = found[d.name.rsplit("-", 1)[1]] = {"config": {}, "group": None, "eval_loss": []}
-        for r in (r for f in d.glob("*.wandb") for r in records(f)):
-            if r.HasField("run"):
-                run["group"] = r.run.run_group
-            for item in r.run.config.update if r.HasField("run") else r.config.update:
-                run["config"][key(item)] = json.loads(item.value_json)
-            run["eval_loss"] += [json.loads(i.value_json) for i in r.history.item if key(i) == "eval_loss"]
-    return found
 
 
 def test_concurrent_trials_get_their_own_runs_with_config_and_metrics(tmp_path, monkeypatch):
@@ -74,7 +37,7 @@ def test_concurrent_trials_get_their_own_runs_with_config_and_metrics(tmp_path, 
     logger.on_experiment_end([a, b])  # b never ended (Ctrl-C): its run is finished here
     assert not logger._thread.is_alive()
 
-    logged = runs(tmp_path)
+    logged = wandb_runs(tmp_path)
     assert set(logged) == {"aaaa0001", "bbbb0002"}
     a_run, b_run = logged["aaaa0001"], logged["bbbb0002"]
     assert a_run["config"]["lora.alpha"] == 8 and a_run["config"]["pid"] == 11 and a_run["group"] == "ranks"
@@ -93,7 +56,7 @@ def test_unpickled_logger_logs_again_and_a_retried_trial_stays_in_its_run(tmp_pa
     logger.log_trial_result(2, t, {"training_iteration": 2, "eval_loss": 1.25})
     logger.on_experiment_end([t])
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
-    assert runs(tmp_path)["cccc0003"]["eval_loss"] == [1.5, 1.25]
+    assert wandb_runs(tmp_path)["cccc0003"]["eval_loss"] == [1.5, 1.25]
 
 
 def test_a_failing_wandb_costs_a_warning_not_the_sweep(tmp_path, monkeypatch, capsys):
