@@ -203,18 +203,18 @@ def count_trials(s: Any) -> int:
     return len(points) if points else s.num_samples * max(1, len(s.seeds) if s.algorithm == "random" else 1)
 
 
-def length_problems(cfg: SweepConfig, tokenizer: Any, train: list, held_out: list) -> list[str]:
+def length_problems(cfg: SweepConfig, tokens: Any, train: list, held_out: list) -> list[str]:
     """train.max_seq_len must leave room for the responses: a prompt that fills it is all the model sees
     and no token is learnt (or scored). Fails when most examples lose their whole response at the
     shortest searched max_seq_len; warns when some do."""
     import statistics
 
-    from trainables.data.tokenize import IGNORE, encode
+    from trainables.data.tokenize import IGNORE
 
     max_len = min(_levels(cfg, "train.max_seq_len"))
 
     def prompt_len(e: Any) -> int:
-        labels = encode(tokenizer, e.messages, 10**9)[1]
+        labels = tokens(e)[1]
         return next((i for i, y in enumerate(labels) if y != IGNORE), len(labels))
 
     problems = []
@@ -262,13 +262,14 @@ def prescore(cfg: SweepConfig, tokenizer: Any, model: Any) -> int:
     return done
 
 
-def plan(cfg: SweepConfig, tokenizer: Any, model: Any = None) -> dict[str, Any]:
-    """What the sweep will do: trials, grid, resources, tokens per trial (base config)."""
+def plan(cfg: SweepConfig, tokens: Any, model: Any = None) -> dict[str, Any]:
+    """What the sweep will do: trials, grid, resources, tokens per trial (base config). Encodes the
+    base config's subset and the held-out set into `tokens` (trainables.data.tokenize.Tokens), the
+    table every trial then reads instead of tokenizing them again."""
     from trainables.data.pipeline import prepare
-    from trainables.data.tokenize import encode
 
     def n_tokens(e: Any) -> int:
-        return len(encode(tokenizer, e.messages, cfg.train.max_seq_len)[0])
+        return len(tokens(e, cfg.train.max_seq_len)[0])
 
     selection, curriculum, note = cfg.selection, cfg.curriculum, ""
     if model is None and needs_model(cfg):  # --dry-run: estimate tokens without scoring
@@ -279,10 +280,10 @@ def plan(cfg: SweepConfig, tokenizer: Any, model: Any = None) -> dict[str, Any]:
         curriculum = None
     try:
         prep = prepare(cfg.data, selection, cfg.train.seed, n_tokens, curriculum=curriculum, model=model,
-                       tokenizer=tokenizer, max_len=cfg.train.max_seq_len)
+                       tokenizer=tokens.tokenizer, max_len=cfg.train.max_seq_len)
     except ValueError as e:
         fail([str(e)])
-    problems = length_problems(cfg, tokenizer, prep.train, prep.eval)
+    problems = length_problems(cfg, tokens, prep.train, prep.eval)
     if problems:
         fail(problems)
     points = planned_points(cfg.search)
@@ -419,7 +420,9 @@ def trial_resources(base: dict[str, Any]) -> Any:
 
 
 def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Storage,
-                retry_errored: bool = False) -> Any:
+                tokens: dict[str, Any], retry_errored: bool = False) -> Any:
+    """`tokens`: the plan's encodings (trainables.data.tokenize.Tokens.table), put into Ray's object
+    store once by tune.with_parameters and read by every training trial."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
@@ -428,9 +431,12 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     from trainables.qlora import train_trial
 
     run_dir = cfg.run_dir
-    trial_fn = eval_trial if cfg.eval.only else train_trial  # eval-only: baselines, decoding sweeps
-    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=base, storage=cfg.storage),
-                                    trial_resources(base))
+    if cfg.eval.only:  # baselines, decoding sweeps: nothing to train on
+        trial_fn = tune.with_parameters(eval_trial, base=base, storage=cfg.storage)
+    else:
+        trial_fn = tune.with_parameters(train_trial, base=base, storage=cfg.storage,
+                                        tokens=(cfg.model.name, tokens))
+    trainable = tune.with_resources(trial_fn, trial_resources(base))
     if resume:
         # Finished trials stay as they are; interrupted ones go on from their last checkpoint; failed ones
         # already had their retries (recovery.max_failures) unless --retry-errored asks for more.
@@ -573,9 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg, _ = load_sweep(args.sweep_file, overrides)
     except ConfigError as e:
         fail(list(dict.fromkeys(e.problems + section_problems(e.raw))))  # cross_checks ran some already
+    from trainables.data.tokenize import Tokens
+
     tokenizer = preflight(cfg)
+    tokens = Tokens(tokenizer)
     if args.dry_run:
-        print_plan(cfg, plan(cfg, tokenizer))
+        print_plan(cfg, plan(cfg, tokens))
         return 0
     store = open_storage(cfg)
     resume = check_run_dir(cfg, args.resume, count_trials(cfg.search), store)
@@ -590,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             fail([str(e)])
     preembed(cfg)
-    print_plan(cfg, plan(cfg, tokenizer, model))
+    print_plan(cfg, plan(cfg, tokens, model))
     del model
 
     base = cfg.model_dump(mode="json")
@@ -611,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_env(cfg)
     connect(cfg)
     t0 = time.perf_counter()
-    tuner = build_tuner(cfg, base, resume, store, args.retry_errored)
+    tuner = build_tuner(cfg, base, resume, store, tokens.table, args.retry_errored)
     try:
         tuner.fit()
     except Exception:  # Ray Tune itself broke (a trial's failure never gets here): keep what is done

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from trainables.data.config import DataConfig, SelectionConfig
 from trainables.data.formats import DataNotFound, load_examples
 from trainables.data.pipeline import prepare, split_pool
-from trainables.data.tokenize import IGNORE, encode
+from trainables.data.tokenize import IGNORE, Tokens, encode, worker_tokens
 
 
 def test_alpaca_and_fastchat_files_normalise_to_messages(data_file):
@@ -39,6 +41,31 @@ def test_prompt_tokens_are_masked(tokenizer, data_file):
     assert ids[first:] == labels[first:]
     short, short_labels = encode(tokenizer, ex.messages, 10)
     assert len(short) == 10 and all(t == IGNORE for t in short_labels)
+
+
+def test_the_sweeps_token_table_serves_every_max_len_and_trials_encode_only_what_it_lacks(tokenizer):
+    pool = load_examples("alpaca/alpaca_en_demo.json")[:12]
+    driver = Tokens(tokenizer)
+    for e in pool[:8]:  # the plan: the base subset
+        driver(e, 128)
+    assert driver.encoded == 8 and len(driver.table) == 8
+    # A trial gets the table (through Ray's object store, pickled): its own copies of the examples
+    # (loaded again, other objects, same content) are found by content; any max_len is a cut of the same.
+    trial = Tokens(tokenizer, pickle.loads(pickle.dumps(driver.table)))
+    again = load_examples("alpaca/alpaca_en_demo.json")[:12]
+    for max_len in (32, 128, 1024):
+        assert [trial(e, max_len) for e in again] == [encode(tokenizer, e.messages, max_len) for e in pool]
+    assert trial.encoded == 4  # only the 4 examples outside the plan's subset, once each
+    # A reused worker keeps what its trials encoded: the next trial encodes nothing of the same.
+    first = worker_tokens("smollm2-test", tokenizer, driver.table)
+    for e in again:
+        first(e, 64)
+    assert first.encoded == 4
+    second = worker_tokens("smollm2-test", tokenizer, driver.table)
+    for e in again:
+        second(e, 64)
+    assert second is first and second.encoded == 0
+    assert worker_tokens("other-model", tokenizer, {}).table == {}  # another tokenizer: nothing shared
 
 
 def test_eval_split_is_fixed_across_trial_seeds_and_disjoint():

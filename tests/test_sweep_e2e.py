@@ -24,6 +24,7 @@ def test_smoke_sweep_writes_results_history_adapters_and_wandb(smoke_run):
         assert int(r["config/lora.alpha"]) == 2 * int(r["config/lora.r"])
         assert float(r["eval_loss"]) > 0 and float(r["best_eval_loss"]) <= float(r["eval_loss"])
         assert int(r["n_examples"]) == 16 and int(r["tokens_seen"]) > 0 and r["node_id"]
+        assert float(r["tokenized_in_trial"]) == 0  # the plan tokenized this subset once for every trial
         trial = smoke_run / "trials" / r["trial_id"]
         history = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
         assert [h["training_iteration"] for h in history] == list(range(1, len(history) + 1))
@@ -54,6 +55,21 @@ def test_smoke_sweep_used_optuna_storage_and_offline_wandb(smoke_run):
         assert run["group"] == "smoke" and run["config"]["lora.r"] == int(r["config/lora.r"])
         history = (smoke_run / "trials" / r["trial_id"] / "metrics.jsonl").read_text().splitlines()
         assert run["eval_loss"] == [json.loads(h)["eval_loss"] for h in history]
+
+
+def test_a_trial_tokenizes_only_the_examples_the_plans_table_lacks(tmp_path):
+    # The driver tokenizes the base subset (8 random examples) and the held-out set once for the sweep.
+    # A trial that selects 12 (the same seeded ranking, so 4 more) encodes just those 4; one that selects
+    # the base 8 encodes none, whichever of the two its worker ran first.
+    proc = run_sweep(
+        "sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=tokens", "--no-report", "wandb.enabled=false",
+        "search.algorithm=grid", "search.num_samples=1", "search.max_concurrent=1", "scheduler.type=fifo",
+        "selection.n=8", "search.space={selection.n: {grid: [12, 8]}}", "train.evals_per_epoch=1",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_csv(tmp_path / "tokens" / "results.csv")
+    assert {int(r["config/selection.n"]): float(r["tokenized_in_trial"]) for r in rows} == {12: 4, 8: 0}
+    assert {int(r["config/selection.n"]): int(r["n_examples"]) for r in rows} == {12: 12, 8: 8}
 
 
 def test_asha_stops_a_clearly_worse_trial_on_a_named_test_set(tmp_path):

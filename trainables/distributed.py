@@ -184,13 +184,13 @@ def _sum_gradients(state, bucket):  # unannotated: DDP refuses string annotation
 
 
 def _worker(train_loop: Callable[..., None], params: dict[str, Any], base: dict[str, Any], storage: str,
-            trial_id: str) -> None:
-    train_loop(params, base=base, storage=storage, session=DDPSession(trial_id))
+            tokens: tuple[str, dict], trial_id: str) -> None:
+    train_loop(params, base=base, storage=storage, tokens=tokens, session=DDPSession(trial_id))
 
 
 def run(train_loop: Callable[..., None], params: dict[str, Any], *, base: dict[str, Any], storage: str,
-        resources: Any) -> None:
-    """Run `train_loop(params, base=, storage=, session=)` for one Tune trial: in this process, or on
+        tokens: tuple[str, dict], resources: Any) -> None:
+    """Run `train_loop(params, base=, storage=, tokens=, session=)` for one Tune trial: in this process, or on
     resources.workers_per_trial Ray Train workers (waiting for them).
 
     The Ray Train run is named after the trial under <storage>/train/, so when Tune retries or resumes
@@ -202,14 +202,14 @@ def run(train_loop: Callable[..., None], params: dict[str, Any], *, base: dict[s
     n = resources.workers_per_trial
     if n == 1:
         with trial_process():
-            train_loop(params, base=base, storage=storage, session=Session(trial_id))
+            train_loop(params, base=base, storage=storage, tokens=tokens, session=Session(trial_id))
         return
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     gpus = resources.gpus_per_trial / n
     trainer = TorchTrainer(
-        functools.partial(_worker, train_loop, params, base, storage, trial_id),
+        functools.partial(_worker, train_loop, params, base, storage, tokens, trial_id),
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=n, use_gpu=bool(gpus),

@@ -40,7 +40,7 @@ from trainables.batching import (
     packing_isolates,
     token_loss_sum,
 )
-from trainables.data.tokenize import IGNORE, encode
+from trainables.data.tokenize import IGNORE, worker_tokens
 from trainables.paths import atomic_write_text
 
 # ----------------------------------------------------------------------------- helpers
@@ -141,17 +141,19 @@ def report_steps(total_steps: int, n_reports: int) -> set[int]:
 # ----------------------------------------------------------------------------- the trial
 
 
-def train_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str) -> None:
-    """Ray Tune's entry point: train_loop in this process, or on resources.workers_per_trial workers."""
+def train_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, tokens: tuple[str, dict]) -> None:
+    """Ray Tune's entry point: train_loop in this process, or on resources.workers_per_trial workers.
+    `tokens`: (model name, the driver's encodings by example hash; trainables/data/tokenize.py)."""
     from harness.config import SweepConfig
     from harness.space import resolve
     from trainables.distributed import run
 
     cfg = SweepConfig.model_validate(resolve(base, params, SweepConfig.model_validate(base).search.space))
-    run(train_loop, params, base=base, storage=storage, resources=cfg.resources)
+    run(train_loop, params, base=base, storage=storage, tokens=tokens, resources=cfg.resources)
 
 
-def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, session: Any) -> None:
+def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, tokens: tuple[str, dict],
+               session: Any) -> None:
     t_start = time.perf_counter()
     import transformers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
@@ -196,13 +198,17 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
     if tc.packing and not packed:
         print(f"train.packing: {cfg.model.name} lets packed examples see each other; using length-grouped batches")
 
-    # 2. Data: select the subset, tokenize it once, order it -------------------------------------
+    # 2. Data: select the subset, take its tokens from the sweep's table, order it -------------------
+    # The driver tokenized the base subset and the held-out set once for the whole sweep; this trial
+    # encodes only what it lacks (a searched selection's other examples), kept for this worker's next trials.
+    planned_for, table = tokens
+    tokens_of = worker_tokens(cfg.model.name, tokenizer, table if planned_for == cfg.model.name else {})
     encoded_cache: dict[int, Encoded] = {}
 
     def encoded(example) -> Encoded:
         key = id(example)
         if key not in encoded_cache:
-            encoded_cache[key] = encode(tokenizer, example.messages, tc.max_seq_len)
+            encoded_cache[key] = tokens_of(example, tc.max_seq_len)
         return encoded_cache[key]
 
     def n_tokens(example) -> int:
@@ -220,6 +226,7 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
     if session.is_main:
         atomic_write_text(trial_dir / "selected_ids.json", json.dumps([e.id for e in train]))
     lengths = [n_tokens(e) for e in train]
+    tokenized_in_trial = tokens_of.encoded  # 0 when the sweep's table held every example
     plan = CURRICULA.get(cfg.curriculum.order)(train, cfg.curriculum, tc.epochs, tc.seed, lengths)
     batches = order_batches(plan, lengths, tc.batch_size, packed=packed, group=tc.group_by_length,
                             group_size=tc.group_size, curriculum=cfg.curriculum.order)
@@ -270,7 +277,8 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, se
 
     static = {
         **prep.stats, "trainable_params": trainable_params, "seed": tc.seed, "total_steps": total_steps,
-        "packing": float(packed), "setup_seconds": time.perf_counter() - t_start,
+        "packing": float(packed), "tokenized_in_trial": tokenized_in_trial,
+        "setup_seconds": time.perf_counter() - t_start,
         **load_times, **resumed,
     }
 

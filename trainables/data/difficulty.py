@@ -24,15 +24,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainables.data.formats import Example
+from trainables.data.formats import Example, example_key
 from trainables.data.tokenize import IGNORE, last_turn
 from trainables.paths import cache_dir
 
 SCORES = ("loss", "loss_alone", "ifd", "ppl")
-
-
-def example_key(e: Example) -> str:
-    return hashlib.sha1(json.dumps(e.messages, ensure_ascii=False).encode()).hexdigest()
 
 
 def model_name_of(model: Any) -> str:

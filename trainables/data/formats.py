@@ -19,6 +19,7 @@ by reason in a LoadReport, with a few examples, and fatal past data.max_bad_frac
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections import Counter
@@ -60,6 +61,11 @@ class Example:
     def text(self) -> str:
         """The whole conversation (prompt turns and responses), for lengths and embeddings."""
         return "\n".join(m["content"] for m in self.messages if m["role"] != "system")
+
+
+def example_key(e: Example) -> str:
+    """The example's content hash: the key of every per-example cache (scores, token ids)."""
+    return hashlib.sha1(json.dumps(e.messages, ensure_ascii=False).encode()).hexdigest()
 
 
 # The Alpaca preamble that FastChat copies of Alpaca carry inside the human turn. The chat

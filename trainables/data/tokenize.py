@@ -1,11 +1,20 @@
-"""Chat-template an Example and mask the prompt: loss only on assistant tokens."""
+"""Chat-template an Example and mask the prompt: loss only on assistant tokens.
+
+Tokenization happens once per sweep: the driver's plan encodes the examples it selects (the base
+config's subset and the held-out set) into a `Tokens` table, and Ray hands that table to every trial
+(tune.with_parameters, through its object store). A trial encodes only what the table lacks (examples
+a searched selection chose), and its worker keeps those for its later trials (`worker_tokens`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+from trainables.data.formats import Example, example_key
+
 IGNORE = -100
+UNCUT = 10**9  # a max_len that cuts nothing
 
 
 def _turns(tokenizer: Any, messages: list[dict[str, str]]) -> Iterator[tuple[list[int], list[int]]]:
@@ -56,3 +65,35 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     ctx = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
     text = tokenizer.apply_chat_template(ctx, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class Tokens:
+    """Each example's (input_ids, labels) under one tokenizer, encoded once and kept uncut: encode()
+    truncates by cutting the tail, so the cut copy serves every max_seq_len a sweep tries.
+    `table` (content hash -> encoding) is what the driver ships to the trials; `encoded` counts the
+    examples encoded here rather than found in it."""
+
+    def __init__(self, tokenizer: Any, table: dict[str, tuple[list[int], list[int]]] | None = None):
+        self.tokenizer = tokenizer
+        self.table = dict(table or {})
+        self.encoded = 0
+
+    def __call__(self, e: Example, max_len: int = UNCUT) -> tuple[list[int], list[int]]:
+        key = example_key(e)
+        found = self.table.get(key)
+        if found is None:
+            found = self.table[key] = encode(self.tokenizer, e.messages, UNCUT)
+            self.encoded += 1
+        return found[0][:max_len], found[1][:max_len]
+
+
+_worker_tables: dict[str, Tokens] = {}
+
+
+def worker_tokens(model_name: str, tokenizer: Any, shared: dict[str, tuple[list[int], list[int]]]) -> Tokens:
+    """This process's Tokens for `model_name`: the driver's table plus what earlier trials in this
+    (reused) worker encoded themselves. `encoded` starts at 0 for the caller's trial."""
+    tokens = _worker_tables.setdefault(model_name, Tokens(tokenizer))
+    tokens.tokenizer, tokens.encoded = tokenizer, 0
+    tokens.table.update(shared)
+    return tokens
