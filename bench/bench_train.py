@@ -2,7 +2,8 @@
 load, time to the best configuration, and scaling. One run, one machine, ratios within the run.
 
     pip install -e '.[bench]'            # trl (pinned beside torch, so torch is left alone)
-    python bench/bench_train.py                        # load + throughput + sweep overhead (~30 min, 2 CPUs)
+    python bench/bench_train.py                        # load + throughput + sweep overhead (~20 min, 2 CPUs)
+    python bench/bench_train.py --time-to-best --scaling   # everything (31 min on 2 AVX-512 BF16 cores, 12-01)
     python bench/bench_train.py --scaling              # + training time vs subset size / sequence length
     python bench/bench_train.py --time-to-best         # + ASHA+TPE vs full grid (real sweeps; slow)
     python bench/bench_train.py --only sweep --sweep-fresh     # overhead, reused vs fresh trial processes
