@@ -30,9 +30,7 @@ from typing import Any
 
 import torch
 
-from trainables.data.tokenize import IGNORE
-
-Encoded = tuple[list[int], list[int]]  # (input_ids, labels)
+from trainables.data.tokenize import IGNORE, Encoded
 
 GROUP_SIZE = 16  # micro-batches per length-sorting window without a curriculum
 CURRICULUM_GROUP_SIZE = 2  # with one: an example moves at most 2 x batch_size - 1 places

@@ -15,6 +15,7 @@ from trainables.data.formats import Example, example_key
 
 IGNORE = -100
 UNCUT = 10**9  # a max_len that cuts nothing
+Encoded = tuple[list[int], list[int]]  # (input_ids, labels)
 
 
 def _turns(tokenizer: Any, messages: list[dict[str, str]]) -> Iterator[tuple[list[int], list[int]]]:
@@ -39,7 +40,7 @@ def _turns(tokenizer: Any, messages: list[dict[str, str]]) -> Iterator[tuple[lis
         rendered = upto
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> tuple[list[int], list[int]]:
+def encode(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> Encoded:
     """Return (input_ids, labels) with every non-assistant token labelled IGNORE. Truncated to max_len."""
     ids: list[int] = []
     labels: list[int] = []
@@ -73,12 +74,12 @@ class Tokens:
     `table` (content hash -> encoding) is what the driver ships to the trials; `encoded` counts the
     examples encoded here rather than found in it."""
 
-    def __init__(self, tokenizer: Any, table: dict[str, tuple[list[int], list[int]]] | None = None):
+    def __init__(self, tokenizer: Any, table: dict[str, Encoded] | None = None):
         self.tokenizer = tokenizer
         self.table = dict(table or {})
         self.encoded = 0
 
-    def __call__(self, e: Example, max_len: int = UNCUT) -> tuple[list[int], list[int]]:
+    def __call__(self, e: Example, max_len: int = UNCUT) -> Encoded:
         key = example_key(e)
         found = self.table.get(key)
         if found is None:
@@ -90,10 +91,12 @@ class Tokens:
 _worker_tables: dict[str, Tokens] = {}
 
 
-def worker_tokens(model_name: str, tokenizer: Any, shared: dict[str, tuple[list[int], list[int]]]) -> Tokens:
+def worker_tokens(model_name: str, tokenizer: Any, shared: dict[str, Encoded]) -> Tokens:
     """This process's Tokens for `model_name`: the driver's table plus what earlier trials in this
     (reused) worker encoded themselves. `encoded` starts at 0 for the caller's trial."""
-    tokens = _worker_tables.setdefault(model_name, Tokens(tokenizer))
+    tokens = _worker_tables.get(model_name)
+    if tokens is None:
+        tokens = _worker_tables[model_name] = Tokens(tokenizer)
     tokens.tokenizer, tokens.encoded = tokenizer, 0
     tokens.table.update(shared)
     return tokens
