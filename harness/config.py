@@ -121,7 +121,8 @@ class SearchConfig(Strict):
     space: dict[str, Param] = Field(default_factory=dict, description="dotted path -> Param")
     num_samples: int = Field(1, ge=1, description="optuna/random: trials; grid: repeats of the whole grid")
     metric: str = "eval_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = Field(
+        None, description="default: the metric's own direction (eval_loss min, mcq_acc max, ...)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="each config runs once per seed")
     max_concurrent: int = Field(2, ge=1)
 
@@ -183,8 +184,10 @@ class WandbConfig(Strict):
     mode: Literal["offline", "online", "disabled"] = "offline"
 
 
-# Metrics the training loop itself reports; evaluators add theirs (EvalConfig.metrics()).
-TRAIN_METRICS = ("eval_loss", "best_eval_loss", "eval_perplexity", "train_loss")
+# Metrics the training loop itself reports, with their direction; evaluators add theirs (EvalConfig.directions()).
+TRAIN_METRICS: dict[str, Literal["min", "max"]] = {
+    "eval_loss": "min", "best_eval_loss": "min", "eval_perplexity": "min", "train_loss": "min"}
+HELDOUT_METRICS = ("eval_loss", "best_eval_loss", "eval_perplexity")  # what an eval-only trial scores on request
 
 
 class SweepConfig(Strict):
@@ -204,6 +207,13 @@ class SweepConfig(Strict):
     recovery: RecoveryConfig = RecoveryConfig()
     output: OutputConfig = OutputConfig()
     wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def _mode_from_metric(self) -> SweepConfig:
+        """search.mode defaults to the objective's declared direction (cross_checks refuses a contradiction)."""
+        if self.search.mode is None:
+            self.search.mode = self.directions().get(self.search.metric)  # type: ignore[assignment]
+        return self
 
     @model_validator(mode="after")
     def _decontaminate_against_eval_sets(self) -> SweepConfig:
@@ -237,11 +247,27 @@ class SweepConfig(Strict):
         """Intermediate reports of a full trial (ASHA's rungs); an eval-only trial reports once."""
         return 1 if self.eval.only else self.train.epochs * self.train.evals_per_epoch
 
+    def directions(self) -> dict[str, str | None]:
+        """Every metric a trial of this sweep produces -> "min" / "max", or None (counts, times: no objective).
+        An eval-only trial trains nothing (no train_loss) and scores the held-out rows only on request."""
+        if not self.eval.only:
+            train = dict(TRAIN_METRICS)
+        else:
+            train = {m: TRAIN_METRICS[m] for m in HELDOUT_METRICS} if self.eval.scores_heldout else {}
+        return {**train, **self.eval.directions()}
+
     def metrics(self) -> list[str]:
-        return list(TRAIN_METRICS) + self.eval.metrics()
+        return list(self.directions())
+
+    def objectives(self) -> list[str]:
+        """The metrics search.metric may name: those with a direction."""
+        return [m for m, d in self.directions().items() if d]
 
     def report_metrics(self) -> list[str]:
-        """Metrics every training report carries: what early stopping and keep-best-k can rank by."""
+        """Metrics every report carries: what early stopping and keep-best-k can rank by (an eval-only
+        trial reports once, with everything)."""
+        if self.eval.only:
+            return self.metrics()
         return list(TRAIN_METRICS) + self.eval.report_metrics()
 
 
@@ -475,15 +501,36 @@ def resource_problems(r: ResourcesConfig, ray_address: str) -> list[str]:
     return problems
 
 
+def objective_problems(cfg: SweepConfig) -> list[str]:
+    """search.metric must be a metric with a direction that the sweep produces; search.mode, when given,
+    must agree with that direction."""
+    s, directions = cfg.search, cfg.directions()
+    choose = f"choose one of: {', '.join(cfg.objectives()) or 'none (configure an evaluation)'}"
+    if s.metric not in directions:
+        if cfg.eval.only and s.metric in HELDOUT_METRICS:
+            return [f"search.metric: eval-only trials score {s.metric!r} only with eval.heldout: true; set it, "
+                    f"or {choose}"]
+        return [f"search.metric: {s.metric!r} is produced by no configured evaluation; {choose}"]
+    direction = directions[s.metric]
+    if direction is None:
+        return [f"search.metric: {s.metric!r} is a count or diagnostic with no better direction, not an "
+                f"objective; {choose}"]
+    if s.mode != direction:
+        better = "lower" if direction == "min" else "higher"
+        return [f"search.mode: {s.mode} contradicts search.metric {s.metric!r} ({better} is better); set "
+                f"search.mode: {direction} or leave search.mode out (it defaults from the metric)"]
+    return []
+
+
 def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
     problems = _check_space(cfg, raw)
+    problems += objective_problems(cfg)
     known_metric = cfg.search.metric in cfg.metrics()
-    if not known_metric:
-        problems.append(f"search.metric: {cfg.search.metric!r} is produced by no configured evaluation; "
-                        f"choose one of: {', '.join(cfg.metrics())}")
     if cfg.scheduler.type != "fifo" and known_metric and cfg.search.metric not in cfg.report_metrics():
-        fix = ("eval.perplexity_every_report: true" if cfg.search.metric in cfg.eval.metrics()
-               and cfg.search.metric.startswith(("ppl_", "loss_")) else "search.metric: eval_loss")
+        from trainables.evaluate import perplexity
+
+        fix = ("eval.perplexity_every_report: true" if cfg.search.metric in perplexity.metrics(cfg.eval)
+               else "search.metric: eval_loss")
         problems.append(f"scheduler.type: {cfg.scheduler.type} stops trials on intermediate reports, but "
                         f"{cfg.search.metric!r} is only measured at the end of a trial; use scheduler.type: fifo "
                         f"or {fix}")

@@ -9,6 +9,8 @@ whole resumed sweep (CI, 2026-12-01). Such a trial was already told: here it is 
 A trial the restored searcher never suggested (its state was saved before the trial began, and
 harness/resume.py found no newer copy to restore with the trial list) stopped it too (KeyError, CI,
 2026-12-01): its results run and are recorded, but Optuna, which cannot be told them, keeps it as running.
+An objective measured only at the end of a trial (mcq_acc, ppl_<set> under scheduler fifo) is absent from the
+intermediate reports: Optuna is told it once, at the trial's completion.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class ResumableOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id not in self._ot_trials:
             return  # suggested after the saved searcher state (see above)
+        if isinstance(self.metric, str) and self.metric not in result:
+            return  # an objective measured at the end of a trial: an intermediate report has no value to tell
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:

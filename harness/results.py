@@ -21,11 +21,11 @@ from typing import Any
 import yaml
 from ray import tune
 
+from harness.config import TRAIN_METRICS
 from trainables.paths import atomic_write_text
 from trainables.secrets import redact
 
 LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures"]
-TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
 PUSH_EVERY_S = 10.0
 COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
 # Reported every time but not worth a results column (they are in metrics.jsonl).
@@ -97,7 +97,7 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
     }
     for path in searched:
         row[f"config/{path}"] = params.get(path, "")
-    for key in TRAIN_METRICS + extra_metrics + COST:
+    for key in [*TRAIN_METRICS, *extra_metrics, *COST]:
         row[key] = last.get(key, "")
     if "embedding" in last:  # diversity trials: what k-center embedded with (auto may have fallen back to tfidf)
         row["embedding"] = last["embedding"]

@@ -22,7 +22,9 @@ from harness.space import grid_points, param_space
 from harness.storage import Storage
 
 EXIT_CONFIG = 2
-META_KEYS = ("command", "git_commit", "hardware")  # written into sweep.yaml beside the config
+# Written into sweep.yaml beside the config. metric_directions: every metric the sweep produces -> min / max
+# (None: a count or diagnostic), as the training loop and the evaluators declare them; the analysis reads it.
+META_KEYS = ("command", "git_commit", "hardware", "metric_directions")
 
 
 def run_metadata(argv: list[str]) -> dict[str, str]:
@@ -268,6 +270,15 @@ def plan(cfg: SweepConfig, tokens: Any, model: Any = None) -> dict[str, Any]:
     table every trial then reads instead of tokenizing them again."""
     from trainables.data.pipeline import prepare
 
+    out = {
+        "trials": count_trials(cfg.search), "grid": planned_points(cfg.search), "reports_per_trial": cfg.reports_per_trial,
+        "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial,
+                      "workers": cfg.resources.workers_per_trial},
+        "concurrent": cfg.search.max_concurrent, "shortfalls": [],
+    }
+    if cfg.eval.only and not cfg.eval.scores_heldout:
+        return out  # an evaluation: no training subset, no held-out rows of the pool to score
+
     def n_tokens(e: Any) -> int:
         return len(tokens(e, cfg.train.max_seq_len)[0])
 
@@ -281,22 +292,53 @@ def plan(cfg: SweepConfig, tokens: Any, model: Any = None) -> dict[str, Any]:
     try:
         prep = prepare(cfg.data, selection, cfg.train.seed, n_tokens, curriculum=curriculum, model=model,
                        tokenizer=tokens.tokenizer, max_len=cfg.train.max_seq_len)
+        shortfalls = [] if cfg.eval.only else arm_shortfalls(cfg, tokens, model)
     except ValueError as e:
         fail([str(e)])
     problems = length_problems(cfg, tokens, prep.train, prep.eval)
     if problems:
         fail(problems)
-    points = planned_points(cfg.search)
     per_epoch = prep.stats["train_tokens"]
     steps = -(-int(prep.stats["n_examples"]) // (cfg.train.batch_size * cfg.train.grad_accum))
-    return {
-        "trials": count_trials(cfg.search), "grid": points, "examples": f"{prep.stats['n_examples']}{note}",
-        "tokens_per_epoch": per_epoch, "tokens_per_trial": per_epoch * cfg.train.epochs,
-        "steps_per_epoch": steps, "reports_per_trial": cfg.reports_per_trial,
-        "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial,
-                      "workers": cfg.resources.workers_per_trial},
-        "concurrent": cfg.search.max_concurrent,
-    }
+    return {**out, "examples": f"{prep.stats['n_examples']}{note}", "tokens_per_epoch": per_epoch,
+            "tokens_per_trial": per_epoch * cfg.train.epochs, "steps_per_epoch": steps, "shortfalls": shortfalls}
+
+
+def selection_arms(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Every combination of the searched selection.* levels (grid / choice entries); [] when none is searched."""
+    import itertools
+
+    paths = [p for p, q in cfg.search.space.items() if p.startswith("selection.") and q.kind in ("grid", "choice")]
+    return [dict(zip(paths, combo, strict=True)) for combo in itertools.product(*[_levels(cfg, p) for p in paths])
+            ] if paths else []
+
+
+def arm_shortfalls(cfg: SweepConfig, tokens: Any, model: Any) -> list[str]:
+    """A trial drops the selected examples whose prompt fills train.max_seq_len (no response token left to
+    learn), so an arm of a searched selection can train on fewer examples than asked: a confound against
+    the other arms. One line per such arm, from its subset under the base seed at the shortest searched
+    max_seq_len (the trials' table is left as planned: a scratch copy encodes the arms' examples)."""
+    from trainables.data.pipeline import prepare
+    from trainables.data.selection import needs_model as strategy_needs_model
+    from trainables.data.tokenize import IGNORE, Tokens
+
+    scratch, max_len = Tokens(tokens.tokenizer, tokens.table), min(_levels(cfg, "train.max_seq_len"))
+    lines = []
+    for arm in selection_arms(cfg):
+        selection = cfg.selection.model_copy(update={k.removeprefix("selection."): v for k, v in arm.items()})
+        if model is None and strategy_needs_model(selection.strategy):
+            continue  # --dry-run: no base model to rank with
+        chosen = prepare(cfg.data, selection, cfg.train.seed, lambda e: len(scratch(e, cfg.train.max_seq_len)[0]),
+                         model=model, tokenizer=tokens.tokenizer, max_len=cfg.train.max_seq_len, progress=False).train
+        dropped = sum(not any(y != IGNORE for y in scratch(e, max_len)[1][1:]) for e in chosen)
+        if dropped:
+            asked = (f"selection.token_budget {selection.token_budget}" if selection.token_budget
+                     else f"selection.n {selection.n}")
+            lines.append(f"selection arm {', '.join(f'{k}={v}' for k, v in arm.items())}: {dropped} of its "
+                         f"{len(chosen)} examples have prompts that fill train.max_seq_len {max_len} and are dropped, "
+                         f"so it trains on {len(chosen) - dropped} ({asked} asked), a confound against the other "
+                         "arms; raise train.max_seq_len")
+    return lines
 
 
 def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
@@ -305,8 +347,9 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
     print(f"  model {cfg.model.name} (quantization {cfg.model.quantization}); data {cfg.data.train}")
     if cfg.eval.only:
         adapter = cfg.eval.adapter or "none (the base model)"
+        held = "held-out eval_loss included" if cfg.eval.scores_heldout else "no held-out eval_loss (eval.heldout)"
         print(f"  eval-only trials (no training): adapter {adapter}; in-context shots {cfg.eval.icl_shots}; "
-              f"{len(cfg.eval.metrics())} metrics + held-out eval_loss")
+              f"{len(cfg.eval.metrics())} metrics, {held}")
     else:
         print(f"  per trial: {p['examples']} examples, {p['tokens_per_epoch']} tokens/epoch x {cfg.train.epochs} "
               f"epochs = {p['tokens_per_trial']} tokens, {p['steps_per_epoch']} steps/epoch, {p['reports_per_trial']} reports")
@@ -321,6 +364,8 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
         print(f"  diversity (embedding: {how}) embeds with {embedding_label(how, name)}")
     for i, point in enumerate(p["grid"]):
         print(f"  trial {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
+    for line in p["shortfalls"]:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -552,6 +597,14 @@ def _quiet_env(cfg: SweepConfig) -> None:
     if cfg.wandb.enabled:
         os.environ["WANDB_MODE"] = cfg.wandb.mode
         os.environ.setdefault("WANDB_SILENT", "true")
+    if cfg.search.metric not in cfg.report_metrics():
+        # The objective is measured at the end of a trial only (with scheduler fifo: cross_checks refuses ASHA
+        # and median stopping on it, they rank trials by intermediate reports). Ray Tune requires TuneConfig's
+        # metric in EVERY report and stops the whole sweep at the first intermediate one; this variable, read
+        # by the Tune controller in this process, is Ray's only way to lift that. What the check guarded is
+        # checked here instead: cross_checks (a configured evaluation produces the metric) and the trial
+        # itself (trainables.evaluate.require_objective: its final report carries it, or the trial fails).
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
 
 def summarize(cfg: SweepConfig, rows: list[dict[str, Any]]) -> None:
@@ -612,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainables.paths import atomic_write_text
         from trainables.secrets import redact
 
-        meta = run_metadata(argv if argv is not None else sys.argv[1:])
+        meta = {**run_metadata(argv if argv is not None else sys.argv[1:]), "metric_directions": cfg.directions()}
         text = yaml.safe_dump({**base, **meta}, sort_keys=False)
         atomic_write_text(run_dir / "sweep.yaml", redact(text, (cfg.eval.judge.api_key_env,)))
         store.push()
@@ -632,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(run_dir / "driver_error.txt", redact(traceback.format_exc()))
         store.push()
         again = run_metadata(argv if argv is not None else sys.argv[1:])["command"]
-        print(f"error: the sweep stopped ({traceback.format_exc().strip().splitlines()[-1][:200]}); finished "
+        print(f"error: the sweep stopped ({redact(failure_cause(traceback.format_exc()))}); finished "
               f"trials are in {run_dir / 'results.csv'}, the traceback in {run_dir / 'driver_error.txt'}; "
               f"continue with: {again}{'' if '--resume' in again else ' --resume'}", file=sys.stderr)
         return 1
@@ -658,6 +711,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: every trial failed; see the error column of {run_dir / 'results.csv'}", file=sys.stderr)
         return 1
     return 0
+
+
+def failure_cause(trace: str) -> str:
+    """The exception that ended a traceback, whole, on one line: from the last line naming an exception
+    class to the end (a message may span lines). Never cut: Ray's messages put the fix after the cause."""
+    import re
+
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    named = [i for i, ln in enumerate(lines) if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", ln)]
+    return " ".join(lines[named[-1] if named else -1:])
 
 
 def _prepare_resume(store: Storage) -> bool:

@@ -37,15 +37,26 @@ def sweep(**eval_kw) -> SweepConfig:
 
 
 def test_base_zero_shot_k_shot_and_adapter(adapter_dir, tmp_path):
-    base = evaluate_config(sweep(), tmp_path / "base")
-    kshot = evaluate_config(sweep(icl_shots=2), tmp_path / "kshot")
-    tuned = evaluate_config(sweep(adapter=str(adapter_dir)), tmp_path / "adapter")
+    base = evaluate_config(sweep(heldout=True), tmp_path / "base")
+    kshot = evaluate_config(sweep(icl_shots=2, heldout=True), tmp_path / "kshot")
+    tuned = evaluate_config(sweep(adapter=str(adapter_dir), heldout=True), tmp_path / "adapter")
     for m in (base, kshot, tuned):
         assert math.isfinite(m["ppl_evol_instruct_gt"]) and m["model_load_seconds"] >= 0
         assert m["eval_perplexity"] == pytest.approx(math.exp(m["eval_loss"]))  # held-out rows, as trials report
     assert kshot["eval_loss"] != base["eval_loss"] and tuned["eval_loss"] != base["eval_loss"]
     assert kshot["icl_shots"] == 2 and kshot["ppl_evol_instruct_gt"] != base["ppl_evol_instruct_gt"]
     assert "adapter_load_seconds" in tuned and tuned["ppl_evol_instruct_gt"] != base["ppl_evol_instruct_gt"]
+
+
+def test_an_evaluation_skips_the_training_pools_held_out_rows_unless_asked(tmp_path):
+    # eval.only without eval.heldout: the benchmarks only, no eval_loss on rows of data.train (which an
+    # evaluation of a model on its benchmarks never asked for).
+    cfg = sweep()
+    assert cfg.eval.heldout is None and not cfg.eval.scores_heldout
+    m = evaluate_config(cfg, tmp_path / "eval")
+    assert math.isfinite(m["ppl_evol_instruct_gt"])
+    assert not {"eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"} & set(m)
+    assert "eval_loss" not in cfg.metrics() and "train_loss" not in sweep(heldout=True).metrics()
 
 
 @pytest.mark.slow

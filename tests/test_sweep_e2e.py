@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import read_csv, run_sweep, wandb_runs
+from conftest import read_csv, run_sweep, sweep_env, wandb_runs
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +95,38 @@ def test_asha_stops_a_clearly_worse_trial_on_a_named_test_set(tmp_path):
     ppl = [h["ppl_evol_instruct_gt"] for h in history]
     assert len(ppl) == 4 and all(p > 1 for p in ppl) and len(set(ppl)) > 1  # scored at every report, changing
     assert float(rows[0.003]["ppl_evol_instruct_gt"]) == pytest.approx(ppl[-1])
+
+
+def test_an_end_of_trial_objective_under_fifo_and_optuna(tmp_path):
+    # The perplexity of a named test set, measured only at the end of a trial, as search.metric of a training
+    # sweep: no environment variable (Ray's check of every report used to stop the sweep at the first
+    # intermediate one), Optuna told the value once, at completion; search.mode from the metric's direction.
+    env = {k: v for k, v in sweep_env().items() if k != "TUNE_DISABLE_STRICT_METRIC_CHECKING"}
+    proc = run_sweep(
+        "sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=fifo", "--no-report", "wandb.enabled=false",
+        "search.num_samples=2", "scheduler.type=fifo", "selection.n=8", "train.evals_per_epoch=2",
+        "eval.perplexity=[eval/evol_instruct_gt.json]", "eval.perplexity_limit=4", "eval.max_len=256",
+        "search.metric=ppl_evol_instruct_gt", "search.mode=null", env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "fifo"
+    rows = read_csv(run / "results.csv")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"TERMINATED"}
+    ppl = {r["trial_id"]: float(r["ppl_evol_instruct_gt"]) for r in rows}
+    for r in rows:  # two reports each; the objective came with the last
+        history = [json.loads(line) for line in (run / "trials" / r["trial_id"] / "metrics.jsonl").read_text()
+                   .splitlines()]
+        assert len(history) == 2 and float(r["eval_loss"]) > 0
+    import optuna
+
+    study = optuna.load_study(study_name="fifo", storage=f"sqlite:///{run / 'optuna.db'}")
+    assert sorted(t.value for t in study.trials) == sorted(ppl.values())
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    saved = yaml.safe_load((run / "sweep.yaml").read_text())
+    assert saved["search"]["mode"] == "min" and saved["metric_directions"]["ppl_evol_instruct_gt"] == "min"
+    assert saved["metric_directions"]["eval_seconds"] is None
+    best = yaml.safe_load((run / "best.yaml").read_text())
+    assert best["value"] == min(ppl.values())
 
 
 def test_bad_sweep_exits_2_before_ray_starts(tmp_path):

@@ -16,6 +16,7 @@ from harness.sweep import main, run_metadata
 
 LIST_OR_ALL = "lora.target_modules: Input should be a valid list or 'all-linear' (got 7)"
 NO_ROOM = ("train.max_seq_len: 32 leaves no room for the response of {} (prompts are {}); raise it to at least 128")
+MCQ = ["eval.mcq=[{name: mmlu, preset: mmlu, n_per_subject: 1}]"]
 JUDGE = ["eval.generate.data=eval/evol_instruct_gt.json", "eval.judge.enabled=true",
          "eval.judge.base_url=https://api.example.com/v1", "eval.judge.api_key_env=HARNESS_TEST_UNSET_KEY"]
 
@@ -94,6 +95,25 @@ CASES = [
     (["scheduler.grace_period=4"], ["scheduler.grace_period: asha needs more reports than grace_period (4 = "
                                     "train.epochs x train.evals_per_epoch); raise evals_per_epoch or use "
                                     "scheduler.type: fifo"]),
+    # metrics declare their direction: search.mode defaults from it, a contradiction or a count is refused
+    ([*MCQ, "search.metric=mcq_acc", "scheduler.type=fifo"],  # smoke.yaml says mode: min
+     ["search.mode: min contradicts search.metric 'mcq_acc' (higher is better); set search.mode: max or leave "
+      "search.mode out (it defaults from the metric)"]),
+    (["search.mode=max"], ["search.mode: max contradicts search.metric 'eval_loss' (lower is better); set "
+                           "search.mode: min or leave search.mode out (it defaults from the metric)"]),
+    (["eval.generate.data=eval/evol_instruct_gt.json", "search.metric=gen_n", "scheduler.type=fifo"],
+     ["search.metric: 'gen_n' is a count or diagnostic with no better direction, not an objective; choose one of: "
+      "eval_loss, best_eval_loss, eval_perplexity, train_loss"]),
+    # median stopping ranks trials by intermediate reports too: refused on an end-of-trial metric, like ASHA
+    (["eval.perplexity=[classical_zh/public_test.json]", "search.metric=ppl_public_test", "scheduler.type=median"],
+     ["scheduler.type: median stops trials on intermediate reports, but 'ppl_public_test' is only measured at the "
+      "end of a trial; use scheduler.type: fifo or eval.perplexity_every_report: true"]),
+    # eval-only trials score the training pool's held-out rows only on request (eval.heldout)
+    (["eval.only=true", "scheduler.type=fifo", "eval.perplexity=[classical_zh/public_test.json]"],
+     ["search.metric: eval-only trials score 'eval_loss' only with eval.heldout: true; set it, or choose one of: "
+      "ppl_public_test, loss_public_test"]),
+    (["eval.heldout=false"], ["eval.heldout: only eval-only trials (eval.only: true) can skip the held-out "
+                              "eval_loss; a training trial always reports it: remove eval.heldout (got False)"]),
     # the machine, the model, the data, the judge
     (["resources.gpus_per_trial=1"],
      ["resources.gpus_per_trial: GPUs requested (1 per trial) but this machine has none; set it to 0, or run "
@@ -215,3 +235,86 @@ def test_cli_reports_every_problem_and_exits_2_before_ray(tmp_path):
         "error: eval.judge.api_key_env: the judge at https://api.example.com/v1 needs an API key but "
         "HARNESS_TEST_UNSET_KEY is not set; export HARNESS_TEST_UNSET_KEY=... (any value for a server without keys)"]
     assert "ray" not in proc.stdout.lower() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("overrides, mode", [
+    ([*MCQ, "search.metric=mcq_mmlu_acc", "search.mode=null", "scheduler.type=fifo"], "max"),
+    ([*MCQ, "search.metric=mcq_acc", "search.mode=max", "scheduler.type=fifo"], "max"),
+    (["eval.perplexity=[classical_zh/public_test.json]", "search.metric=ppl_public_test", "search.mode=null",
+      "scheduler.type=fifo"], "min"),
+    (["search.mode=null"], "min"),
+])
+def test_search_mode_defaults_from_the_metrics_direction(overrides, mode):
+    cfg, _ = load_sweep("sweeps/smoke.yaml", overrides)
+    assert cfg.search.mode == mode
+
+
+def test_each_metric_declares_its_direction_where_it_is_defined():
+    from harness.config import SweepConfig
+
+    cfg = SweepConfig.model_validate({
+        "name": "d", "eval": {"perplexity": ["classical_zh/public_test.json"],
+                              "mcq": [{"name": "mmlu", "preset": "mmlu", "n_per_subject": 1}],
+                              "generate": {"data": "eval/evol_instruct_gt.json"},
+                              "judge": {"enabled": True, "base_url": "http://127.0.0.1:8080/v1"}}})
+    d = cfg.directions()
+    assert {m: d[m] for m in ("eval_loss", "train_loss", "ppl_public_test", "loss_public_test", "mcq_acc",
+                              "mcq_mmlu_acc", "mcq_mmlu_macro_acc", "judge_score", "judge_win_rate")} == {
+        "eval_loss": "min", "train_loss": "min", "ppl_public_test": "min", "loss_public_test": "min",
+        "mcq_acc": "max", "mcq_mmlu_acc": "max", "mcq_mmlu_macro_acc": "max", "judge_score": "max",
+        "judge_win_rate": "max"}
+    # counts, times, costs and the reference's own grade are no objectives
+    for m in ("mcq_mmlu_n", "mcq_seconds", "gen_n", "gen_empty", "judge_cost_usd", "judge_ref_score",
+              "judge_parse_failures", "eval_seconds"):
+        assert d[m] is None and m not in cfg.objectives(), m
+    assert set(cfg.metrics()) == set(d)
+    # an eval-only trial trains nothing and scores the held-out rows only when asked
+    only = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"only": True})})
+    assert not {"eval_loss", "train_loss"} & set(only.directions())
+    held = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"only": True, "heldout": True})})
+    assert {"eval_loss", "best_eval_loss", "eval_perplexity"} <= set(held.directions())
+    assert "train_loss" not in held.directions()
+
+
+def test_the_plan_flags_a_selection_arm_that_trains_on_fewer_examples_than_asked(tmp_path, capsys):
+    # At max_seq_len 48, 'first' selects 11 of 24 examples whose prompt leaves no room for a response: the
+    # trial drops them and trains on 13, a confound the plan names before anything runs.
+    assert main(["sweeps/smoke.yaml", "--dry-run", f"output.dir={tmp_path}", "search.algorithm=grid",
+                 "search.num_samples=1", "search.space={selection.strategy: {grid: [random, first]}}",
+                 "selection.n=24", "train.max_seq_len=48", "scheduler.type=fifo"]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: selection arm selection.strategy=first: 11 of its 24 examples have prompts that fill "
+            "train.max_seq_len 48 and are dropped, so it trains on 13 (selection.n 24 asked), a confound against "
+            "the other arms; raise train.max_seq_len") in err.splitlines()
+    assert "warning: selection arm selection.strategy=random: 7 of its 24 examples" in err
+
+
+def test_a_driver_failure_names_its_cause_whole_on_one_line(tmp_path, capsys, monkeypatch):
+    # Ray Tune stopping the sweep: its message (here the strict metric check's, as Ray 2.60 raises it: a
+    # TuneError carrying the traceback) puts the fix after the cause; the one line keeps all of it (it was cut
+    # at 200 characters), the traceback goes to driver_error.txt.
+    import traceback
+
+    from ray.tune.error import TuneError
+
+    import harness.sweep as sweep
+
+    message = ("Trial returned a result which did not include the specified metric(s) `ppl_x` that "
+               "`tune.TuneConfig()` expects. Make sure your calls to `tune.report()` include the metric, or set the "
+               "TUNE_DISABLE_STRICT_METRIC_CHECKING environment variable to 1. Result: {"
+               + ", ".join(f"'key{i}': {i}" for i in range(40)) + "}")
+
+    class Tuner:
+        def fit(self):
+            try:
+                raise ValueError(message)
+            except ValueError:
+                raise TuneError(traceback.format_exc()) from None
+
+    monkeypatch.setattr(sweep, "_quiet_env", lambda cfg: None)
+    monkeypatch.setattr(sweep, "connect", lambda cfg: None)
+    monkeypatch.setattr(sweep, "build_tuner", lambda *a, **k: Tuner())
+    assert main(["sweeps/smoke.yaml", f"output.dir={tmp_path}", "wandb.enabled=false"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith(f"error: the sweep stopped (ValueError: {message}); finished trials")
+    assert message in (tmp_path / "smoke" / "driver_error.txt").read_text()

@@ -321,6 +321,9 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
         }
         if step == total_steps and session.is_main:  # 5. end of trial: the expensive evaluations join the last report
             metrics.update(_final_evaluations(cfg, model, tokenizer, trial_dir, prep.train))
+            from trainables.evaluate import require_objective
+
+            require_objective(cfg.search.metric, metrics)
             if cfg.output.save_adapter:
                 model.save_pretrained(trial_dir / "adapter")
             store.push(trial_rel)

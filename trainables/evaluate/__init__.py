@@ -1,18 +1,20 @@
 """End-of-trial evaluations (perplexity, multiple choice, generation, LLM judge): a registry by name.
 
 Each evaluator is one module that registers an `Evaluator`: whether the config switches it on, the
-metric names it will produce (EvalConfig.metrics(), checked against search.metric before launch) and
-`run(ctx)`. They run in registration order, so the judge sees the generation's outputs.
-`run_all` is what a trial calls at its end.
+metric names it will produce (EvalConfig.metrics(), checked against search.metric before launch),
+which of them are objectives and in which direction (`objectives`: name pattern -> "min" | "max";
+counts and diagnostics match no pattern and cannot be search.metric) and `run(ctx)`. They run in
+registration order, so the judge sees the generation's outputs. `run_all` is what a trial calls at its end.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from trainables.registry import Registry
 
@@ -31,11 +33,21 @@ class EvalContext:
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. "generations" for the judge
 
 
+Direction = Literal["min", "max"]
+
+
 @dataclass(frozen=True)
 class Evaluator:
     enabled: Callable[[EvalConfig], bool]
     metrics: Callable[[EvalConfig], list[str]]
     run: Callable[[EvalContext], dict[str, float]]
+    # Which metrics can be search.metric, and whether lower ("min") or higher ("max") is better:
+    # fnmatch patterns over the names `metrics` returns, e.g. {"mcq_*acc": "max"}. A metric no pattern
+    # matches (a count, a time, a cost) has no direction and is refused as an objective.
+    objectives: Mapping[str, Direction] = field(default_factory=dict)
+
+    def direction(self, metric: str) -> Direction | None:
+        return next((d for pattern, d in self.objectives.items() if fnmatchcase(metric, pattern)), None)
 
 
 class _OrderedRegistry(Registry[Evaluator]):
@@ -75,3 +87,12 @@ def run_all(
             model.train()
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
+
+
+def require_objective(metric: str, metrics: Mapping[str, Any]) -> None:
+    """A trial's final report must carry the sweep's objective: the driver lifts Ray Tune's check of every
+    report when the objective is only measured at the end (harness.sweep), so the trial checks its own."""
+    if metric not in metrics:
+        raise ValueError(f"search.metric: this trial's final report has no {metric!r} (the configured "
+                         f"evaluations produced {', '.join(sorted(metrics)) or 'nothing'}); choose a metric they "
+                         "produce")

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from trainables.data.config import Strict
 from trainables.paths import find_data
@@ -209,6 +209,9 @@ class EvalConfig(Strict):
 
     only: bool = Field(False, description="evaluate without training (baselines, decoding sweeps): eval_only.eval_trial")
     adapter: str | None = Field(None, description="peft adapter dir loaded onto model.name (eval-only trials)")
+    heldout: bool | None = Field(
+        None, description="eval-only trials: also score eval_loss on the held-out rows of data.train (default "
+                          "false: an evaluation needs no training pool); training trials always report it")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass (perplexity, mcq)")
     max_len: int = Field(1024, ge=16, description="longest scored sequence; longer ones lose their beginning")
     icl_shots: int = Field(0, ge=0, le=32, description="in-context examples from the training pool (baselines)")
@@ -234,6 +237,14 @@ class EvalConfig(Strict):
             raise ValueError("perplexity files must have distinct file names (metric names are ppl_<stem>)")
         return v
 
+    @field_validator("heldout")
+    @classmethod
+    def _heldout(cls, v: bool | None, info: ValidationInfo) -> bool | None:
+        if v is False and not info.data.get("only"):
+            raise ValueError("only eval-only trials (eval.only: true) can skip the held-out eval_loss; a training "
+                             "trial always reports it: remove eval.heldout")
+        return v
+
     @field_validator("adapter")
     @classmethod
     def _adapter(cls, v: str | None) -> str | None:
@@ -257,6 +268,11 @@ class EvalConfig(Strict):
             raise ValueError("judge.enabled needs generate.data (the judge grades generated answers)")
         return self
 
+    @property
+    def scores_heldout(self) -> bool:
+        """Whether the trial reports eval_loss on the held-out rows: always when training, on request when eval-only."""
+        return not self.only or bool(self.heldout)
+
     def mcq_sets(self) -> list[MCQSet]:
         """The MCQ sets with mcq_shots applied."""
         if self.mcq_shots is None:
@@ -270,12 +286,17 @@ class EvalConfig(Strict):
         return perplexity.metrics(self) if self.perplexity_every_report else []
 
     def metrics(self) -> list[str]:
-        """Names of the metrics these evaluations produce (valid values of search.metric)."""
+        """Names of the metrics these evaluations produce (search.metric must be one with a direction)."""
+        return list(self.directions())
+
+    def directions(self) -> dict[str, str | None]:
+        """Every metric these evaluations produce -> "min" / "max" as its evaluator declares it, None for
+        counts, times and costs (not objectives)."""
         from trainables.evaluate import EVALUATORS
 
-        names: list[str] = []
+        out: dict[str, str | None] = {}
         for name in EVALUATORS.names_in_order():
             ev = EVALUATORS.get(name)
             if ev.enabled(self):
-                names += ev.metrics(self)
-        return names + (["eval_seconds"] if names else [])
+                out.update({m: ev.direction(m) for m in ev.metrics(self)})
+        return {**out, "eval_seconds": None} if out else out

@@ -1,9 +1,12 @@
 """Eval-only trials: evaluate a model without training (`eval.only: true`).
 
-Two uses, both ordinary Ray Tune trials with the same metrics as trained ones:
-  baselines        the base model zero-shot / k-shot (eval.icl_shots examples from the training pool)
+Two uses, both ordinary Ray Tune trials that report once:
+  baselines        the base model zero-shot / k-shot (eval.icl_shots examples from the training pool),
+                   with eval.heldout: true also the held-out eval_loss the LoRA trials report
   decoding sweeps  a finished trial's adapter (eval.adapter) under searched eval.generate.* settings,
                    no retraining (sweeps/decoding.yaml)
+The held-out rows of data.train are scored only on request (eval.heldout): an evaluation of a model on
+its benchmarks has no training pool to score.
 """
 
 from __future__ import annotations
@@ -82,8 +85,10 @@ def evaluate_config(cfg: Any, trial_dir: Path) -> dict[str, float]:
     torch.manual_seed(cfg.train.seed)
     model, tokenizer, times = load_for_eval(cfg)
     pool = icl_pool(cfg)
-    with torch.no_grad():
-        held = held_out_loss(cfg, model, tokenizer, pool)
+    held = {}
+    if cfg.eval.scores_heldout:  # eval.heldout: true (baselines beside LoRA trials); an evaluation needs no pool
+        with torch.no_grad():
+            held = held_out_loss(cfg, model, tokenizer, pool)
     metrics = run_all(cfg.eval, model, tokenizer, trial_dir, pool)
     return {**times, **held, **metrics, "seed": cfg.train.seed, "icl_shots": cfg.eval.icl_shots}
 
@@ -98,6 +103,7 @@ def eval_trial(config: dict[str, Any], *, base: dict[str, Any], storage: str) ->
     from harness.space import resolve
     from harness.storage import Storage
     from trainables.distributed import trial_process, where
+    from trainables.evaluate import require_objective
 
     cfg = SweepConfig.model_validate(resolve(base, config, SweepConfig.model_validate(base).search.space))
     store, rel = Storage(storage), f"trials/{tune.get_context().get_trial_id()}"
@@ -105,5 +111,6 @@ def eval_trial(config: dict[str, Any], *, base: dict[str, Any], storage: str) ->
     atomic_write_text(trial_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=1))
     with trial_process():
         metrics = evaluate_config(cfg, trial_dir)
+    require_objective(cfg.search.metric, metrics)
     store.push(rel)
     tune.report({**metrics, **where()})

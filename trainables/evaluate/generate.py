@@ -101,4 +101,5 @@ def metrics(cfg: EvalConfig) -> list[str]:
     return ["gen_n", "gen_seconds", "gen_new_tokens_mean", "gen_empty"]
 
 
+# Counts and times only: nothing here is an objective (the judge grades these outputs).
 EVALUATORS.register("generate")(Evaluator(enabled=lambda c: bool(c.generate.data), metrics=metrics, run=run))

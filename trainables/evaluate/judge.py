@@ -187,4 +187,6 @@ def metrics(cfg: EvalConfig) -> list[str]:
     return names + (["judge_ref_score", "judge_win_rate"] if cfg.judge.mode == "pairwise" else [])
 
 
-EVALUATORS.register("judge")(Evaluator(enabled=lambda c: c.judge.enabled, metrics=metrics, run=run))
+# judge_ref_score grades the reference, not the model: a diagnostic like the counts and the cost.
+EVALUATORS.register("judge")(Evaluator(enabled=lambda c: c.judge.enabled, metrics=metrics, run=run,
+                                       objectives={"judge_score": "max", "judge_win_rate": "max"}))

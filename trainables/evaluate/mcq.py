@@ -141,4 +141,5 @@ def metrics(cfg: EvalConfig) -> list[str]:
     return per_set + ["mcq_acc", "mcq_macro_acc", "mcq_seconds"]
 
 
-EVALUATORS.register("mcq")(Evaluator(enabled=lambda c: bool(c.mcq), metrics=metrics, run=run))
+EVALUATORS.register("mcq")(Evaluator(enabled=lambda c: bool(c.mcq), metrics=metrics, run=run,
+                                     objectives={"mcq_acc": "max", "mcq_macro_acc": "max", "mcq_*_acc": "max"}))

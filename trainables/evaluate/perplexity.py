@@ -76,4 +76,5 @@ def metrics(cfg: EvalConfig) -> list[str]:
     return [f"{kind}_{metric_stem(p)}" for p in cfg.perplexity for kind in ("ppl", "loss")]
 
 
-EVALUATORS.register("perplexity")(Evaluator(enabled=lambda c: bool(c.perplexity), metrics=metrics, run=run))
+EVALUATORS.register("perplexity")(Evaluator(enabled=lambda c: bool(c.perplexity), metrics=metrics, run=run,
+                                            objectives={"ppl_*": "min", "loss_*": "min"}))
