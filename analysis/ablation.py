@@ -24,18 +24,8 @@ from analysis.stats import compare, pooled_sd, summarize
 MAX_LEVELS = 6  # a continuous factor with more distinct values is binned
 N_BINS = 3
 WITHIN_NOISE = "≈ within noise"
-
-
-def metric_mode(metric: str, sweep: Sweep) -> str | None:
-    """'min' / 'max' when the direction of a metric is known, else None."""
-    if metric == sweep.metric:
-        return sweep.mode
-    name = metric.lower()
-    if any(k in name for k in ("loss", "ppl", "perplexity", "error")):
-        return "min"
-    if any(k in name for k in ("acc", "score", "f1", "exact", "rouge", "bleu")):
-        return "max"
-    return None
+NOT_TESTABLE = "not testable"
+BEYOND_NOISE = ("better", "worse", "higher", "lower")  # verdicts of a difference larger than the noise
 
 
 def _sort_key(v: Any) -> tuple:
@@ -130,10 +120,17 @@ class Ablation:
     noise: dict[str, float] = field(default_factory=dict)
     binned: list[str] = field(default_factory=list)
 
+    def beyond_noise(self, factor: str, metric: str) -> tuple[int, int]:
+        """(levels whose difference to the baseline exceeds the noise, levels compared) of one factor."""
+        if self.long.empty:
+            return 0, 0
+        rows = self.long[(self.long["factor"] == factor) & (self.long["metric"] == metric) & ~self.long["baseline"]]
+        return int(rows["verdict"].isin(BEYOND_NOISE).sum()), len(rows)
+
 
 def _verdict(c: Any, mode: str | None) -> str:
     if c.within_noise is None:
-        return "n/a"
+        return NOT_TESTABLE
     if c.within_noise:
         return WITHIN_NOISE
     if mode is None:
@@ -168,7 +165,7 @@ def ablation(sweep: Sweep, baseline: dict[str, Any] | None = None, method: str =
                     "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high,
                     "diff": c.diff if c else math.nan, "diff_ci_low": c.ci_low if c else math.nan,
                     "diff_ci_high": c.ci_high if c else math.nan, "p": c.p if c else math.nan,
-                    "test": c.test if c else "", "verdict": _verdict(c, metric_mode(m, sweep)) if c else "baseline",
+                    "test": c.test if c else "", "verdict": _verdict(c, sweep.direction(m)) if c else "baseline",
                     "stopped_early": counts["EARLY_STOPPED"], "failed": counts["ERROR"], "running": counts["RUNNING"],
                 })
     out.long = pd.DataFrame(rows)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Sweep, finite
+from analysis.stats import is_tie
 
 STATUS_STYLE = {"TERMINATED": ("C0", "-"), "EARLY_STOPPED": ("C3", "--"), "ERROR": ("k", ":"), "RUNNING": ("C7", "-.")}
 
@@ -57,9 +58,10 @@ def learning_curves(sweep: Sweep, path: Path, metric: str = "eval_loss") -> Path
 
 
 def best_trial(sweep: Sweep) -> str | None:
-    """Best finished trial by the objective; an early-stopped one only if nothing finished."""
+    """Best finished trial by the objective; an early-stopped one only if nothing finished; None when every
+    finished trial reached the same value (a tie has no best)."""
     r = sweep.results
-    if sweep.metric not in r:
+    if sweep.metric not in r or is_tie(r.loc[r["status"] == "TERMINATED", sweep.metric].astype(float).tolist()):
         return None
     for pool in (r[r["status"] == "TERMINATED"], r[r["status"] != "ERROR"]):
         pool = pool[pool[sweep.metric].map(finite)]

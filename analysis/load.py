@@ -20,12 +20,12 @@ SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "int", "tie")
 LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed"]
 TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
 COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
-# Names evaluators produce besides the training metrics (trainables/evaluate/*): kept as metrics.
-# Narrow on purpose: results.csv also carries subset statistics (mean_score, pool_rows, ...).
+# Which columns are quality metrics, and which way is better, is what sweep.yaml's metric_directions says (the
+# driver writes what the training loop and each evaluator declare). A sweep directory from before that key
+# keeps the objective's search.mode; its other metrics are chosen by name as below and get no direction.
 EVAL_PREFIXES = ("ppl_", "loss_", "mcq_", "judge_", "gen_")
-# ... but not the cost and count columns those evaluators also write.
 NOT_METRIC_SUFFIXES = ("_seconds", "_cost_usd", "_tokens", "_n", "_requests", "_errors", "_failures", "_cache_hits",
-                       "_empty")
+                       "_empty", "_n_scored", "_n_skipped", "_top_letter_share", "_chance")
 SEED_PATH = "train.seed"
 
 
@@ -58,6 +58,15 @@ class Sweep:
     space: dict[str, SpaceParam]
     metric: str
     mode: str
+    directions: dict[str, str | None] = field(default_factory=dict)  # sweep.yaml metric_directions
+
+    def direction(self, metric: str) -> str | None:
+        """'min' / 'max' as the sweep declared it; None for a count or an undeclared metric."""
+        return self.mode if metric == self.metric else self.directions.get(metric)
+
+    @property
+    def eval_only(self) -> bool:
+        return bool((self.config.get("eval") or {}).get("only"))
 
     @property
     def param_columns(self) -> list[str]:
@@ -98,11 +107,24 @@ class Sweep:
 
     @property
     def metrics(self) -> list[str]:
-        """Recorded quality metrics, objective first."""
-        configured = {f"ppl_{Path(p).stem}" for p in (self.config.get("eval") or {}).get("perplexity") or []}
-        cols = [c for c in self.results.columns if (_is_metric(c) or c in configured)
+        """Recorded quality metrics (those with a declared direction), objective first."""
+        cols = [c for c in self.results.columns if self._is_quality(c)
                 and pd.api.types.is_numeric_dtype(self.results[c]) and self.results[c].notna().any()]
         return [self.metric] + [c for c in cols if c != self.metric] if self.metric in self.results else cols
+
+    def setting(self, row: pd.Series, with_seed: bool = False) -> str:
+        """The searched values of one results row ("lora.r = 8, train.lr = 0.0003"); the seed only when
+        asked: a seed is a replicate, never part of a setting to recommend."""
+        cols = [c for c in self.param_columns if with_seed or c != f"config/{SEED_PATH}"]
+        parts = [f"{c.removeprefix('config/')} = {_short(row[c])}" for c in cols]
+        return ", ".join(parts) if parts else "the base configuration"
+
+    def _is_quality(self, col: str) -> bool:
+        if self.directions:
+            return bool(self.directions.get(col))
+        # written before sweep.yaml held metric_directions
+        configured = {f"ppl_{Path(p).stem}" for p in (self.config.get("eval") or {}).get("perplexity") or []}
+        return _is_metric(col) or col in configured
 
     @property
     def costs(self) -> list[str]:
@@ -120,6 +142,10 @@ class Sweep:
                 return None
             d = d[part]
         return d
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _is_metric(col: str) -> bool:
@@ -202,7 +228,8 @@ def load_sweep(run_dir: str | Path) -> Sweep:
     results = read_results(results_file)
     search = config.get("search", {}) or {}
     metric = search.get("metric") or "eval_loss"
-    mode = search.get("mode") or "min"
+    directions = config.get("metric_directions") or {}
+    mode = search.get("mode") or directions.get(metric) or "min"
     histories, trial_configs = {}, {}
     for tid in results["trial_id"].astype(str):
         tdir = run_dir / "trials" / tid
@@ -215,7 +242,7 @@ def load_sweep(run_dir: str | Path) -> Sweep:
                 pass
     return Sweep(path=run_dir, name=str(config.get("name") or run_dir.name), config=config, results=results,
                  histories=histories, trial_configs=trial_configs, space=parse_space(search.get("space")),
-                 metric=metric, mode=mode)
+                 metric=metric, mode=mode, directions=directions)
 
 
 def finite(x: Any) -> bool:

@@ -23,12 +23,13 @@ import pandas as pd
 import yaml
 
 from analysis import curves, render
-from analysis.ablation import Ablation, ablation
+from analysis.ablation import WITHIN_NOISE, Ablation, ablation
+from analysis.checks import TOP_LETTER_MAX
 from analysis.curves import Savings
 from analysis.load import SEED_PATH, Sweep, load_sweep
 from analysis.narrative import Findings, analysis_sentences, conclusion_sentences, findings
 from analysis.sensitivity import Sensitivity, sensitivity
-from analysis.stats import compare
+from analysis.stats import compare, is_tie
 
 PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "ray", "optuna", "pandas",
             "scipy", "numpy", "matplotlib", "wandb", "pydantic"]
@@ -130,6 +131,11 @@ def design(doc: Doc, a: Analysed) -> None:
     sel_n = f"token budget {val('selection.token_budget')}" if _get(c, "selection.token_budget", None) else \
         f"n = {val('selection.n')}"
     counts = s.results["status"].value_counts()
+    if s.eval_only:
+        doc.add(*evaluation_design(s, val), "- **Trials:** " + ", ".join(
+            f"{n} {st.lower().replace('_', '-')}" for st, n in counts.items()), "")
+        doc.table(a, space_table(s), "search_space", f"{s.name}: search space")
+        return
     reports = int(_get(c, "train.epochs", 0) or 0) * int(_get(c, "train.evals_per_epoch", 0) or 0)
     doc.add(
         f"- **Model:** {val('model.name')} (quantization: {val('model.quantization')})",
@@ -163,6 +169,42 @@ def design(doc: Doc, a: Analysed) -> None:
         doc.table(a, pd.DataFrame(rows), "held_constant", f"{s.name}: factors held constant or tied (listed once)")
 
 
+def evaluation_design(s: Sweep, val: Any) -> list[str]:
+    """Design lines of an eval-only sweep (eval.only): what was evaluated and on what, no training."""
+    c = s.config
+    adapter = _get(c, "eval.adapter", None)
+    what = "the base model" if not adapter else f"the adapter {adapter}"
+    shots = val("eval.icl_shots")
+    if shots == "searched":
+        p = s.space.get("eval.icl_shots")
+        shots = ", ".join(map(str, p.values)) if p is not None and p.values else "searched"
+        k = f"k-shot, k = {shots} (in-context examples from {val('data.train')})"
+    else:
+        k = "zero-shot" if str(shots) in ("0", "–") else f"{shots}-shot (in-context examples from {val('data.train')})"
+    heldout = _get(c, "eval.heldout", None)
+    held = (f"held-out eval_loss on {val('data.eval_size')} rows of {val('data.train')}" if heldout
+            else "no held-out eval_loss (eval.heldout)")
+    sets = [f"perplexity of {', '.join(map(str, _get(c, 'eval.perplexity', []) or []))}"
+            if _get(c, "eval.perplexity", None) else "",
+            f"MCQ sets {', '.join(str(m.get('name')) for m in _get(c, 'eval.mcq', []) or [])}"
+            if _get(c, "eval.mcq", None) else "",
+            f"generation on {val('eval.generate.data')}" if _get(c, "eval.generate.data", None) else "",
+            f"judged by {val('eval.judge.model')} ({val('eval.judge.mode')})" if _get(c, "eval.judge.enabled", False)
+            else ""]
+    return [
+        f"- **Evaluation** of {what}, {k}: no training (eval.only). Model {val('model.name')} (quantization: "
+        f"{val('model.quantization')})",
+        f"- **Measured:** {'; '.join(x for x in [held, *sets] if x)}",
+        f"- **Objective:** {s.metric} ({s.mode}); other metrics: "
+        f"{', '.join(m for m in s.metrics if m != s.metric) or '–'}",
+        f"- **Search:** {render.fmt(_get(c, 'search.algorithm'))}, num_samples "
+        f"{render.fmt(_get(c, 'search.num_samples'))}, seeds {render.fmt(_get(c, 'search.seeds'))}",
+        f"- **Budget:** {len(s.results)} evaluations, one report each; "
+        f"{render.fmt(_get(c, 'resources.cpus_per_trial'))} CPU / {render.fmt(_get(c, 'resources.gpus_per_trial'))} "
+        "GPU per trial",
+    ]
+
+
 def trials_table(s: Sweep) -> pd.DataFrame:
     cols = ["trial_id", "status"] + s.param_columns + [m for m in s.metrics] + [c for c in ("train_seconds",
                                                                                              "tokens_seen") if c in s.costs]
@@ -188,7 +230,8 @@ def results(doc: Doc, a: Analysed) -> None:
         doc.add(f"### Ablation ({s.name})", "",
                 f"Finished trials only; early-stopped and failed trials are counted per level. Δ is the level "
                 f"mean minus the baseline mean; 'test' names the test used (welch: Welch's t-test; noise: compared "
-                f"with the sweep's seed noise; none: not testable); '{'≈ within noise'}' marks p ≥ 0.05.", "")
+                f"with the sweep's seed noise; none: not testable, a single run on a side or identical runs on both "
+                f"and no seed noise, so no p-value); '{WITHIN_NOISE}' marks p ≥ 0.05.", "")
         for factor, t in a.ablation.tables.items():
             doc.table(a, t, f"ablation_{render.slug(factor)}", f"{s.name}: {factor} (baseline "
                       f"{a.ablation.baselines[factor]})")
@@ -198,8 +241,9 @@ def results(doc: Doc, a: Analysed) -> None:
         doc.add("No factor was varied, so there is no ablation table.", "")
     doc.add(f"### Sensitivity ({s.name})", "")
     if not a.sensitivity.importances.empty:
-        doc.table(a, a.sensitivity.importances, "importance", f"{s.name}: hyperparameter importance "
-                  f"(normalised; {a.sensitivity.n_trials} trials)")
+        doc.table(a, importance_table(a), "importance", f"{s.name}: hyperparameter importance "
+                  f"(normalised; {a.sensitivity.n_trials} trials), read against the seed's own importance and "
+                  "the ablation's noise verdicts")
     for note in a.sensitivity.notes:
         doc.add(f"> {note}", "")
     for f in a.figures:
@@ -208,6 +252,9 @@ def results(doc: Doc, a: Analysed) -> None:
             if label == "interaction" and a.sensitivity.pair:
                 label += f": {a.sensitivity.pair[0]} × {a.sensitivity.pair[1]}"
             doc.figure(f, label)
+    checks(doc, a)
+    if s.eval_only:
+        return  # evaluations: nothing trained, nothing to stop early
     doc.add(f"### Cost and early stopping ({s.name})", "")
     for f in a.figures:
         if f.stem.endswith("pareto"):
@@ -223,45 +270,119 @@ def results(doc: Doc, a: Analysed) -> None:
               f"({sav.n_stopped} trials stopped; full run = {sav.max_reports} reports)")
 
 
+def importance_table(a: Analysed) -> pd.DataFrame:
+    """The importances plus, per factor, how many of its levels differ from the baseline beyond noise."""
+    df = a.sensitivity.importances.copy()
+
+    def beyond(p: str) -> str:
+        if p == SEED_PATH:
+            return "(noise reference)"
+        k, m = a.ablation.beyond_noise(p, a.sweep.metric)
+        return f"{k} of {m}" + (" (all within noise or not testable)" if m and not k else "") if m else "–"
+
+    df["levels beyond noise"] = df["parameter"].map(beyond)
+    return df
+
+
+def checks(doc: Doc, a: Analysed) -> None:
+    """Tables of what the numbers rest on (analysis.checks), when there is something to show."""
+    s, f = a.sweep, a.findings
+    if not f.shortfalls.empty:
+        doc.add(f"### Confounds ({s.name})", "")
+        doc.table(a, f.shortfalls, "training_shortfalls", f"{s.name}: trials that trained on fewer examples than "
+                  "their selection asked for (prompts longer than train.max_seq_len are dropped)")
+    if not f.mcq.empty:
+        doc.add(f"### MCQ sanity checks ({s.name})", "")
+        flagged = f.mcq[f.mcq["flag"] != ""]
+        doc.add(f"{len(flagged)} of {len(f.mcq)} (trial, set) results flagged: predictions collapsed onto one letter "
+                f"(top-letter share ≥ {TOP_LETTER_MAX:.0%}) or accuracy not above chance (one-sided binomial test "
+                "on the scored questions, p ≥ 0.05).", "")
+        doc.table(a, f.mcq, "mcq_checks", f"{s.name}: MCQ accuracy against chance and the top-letter share")
+
+
+MAX_COMPARED = 6  # settings of one sweep compared one by one with the reference; beyond that, its best ones
+
+
+@dataclass(eq=False)  # compared by identity: a group holds a DataFrame
+class Group:
+    """The trials of one sweep that share every searched value but the seed: one row of the comparison."""
+
+    analysed: Analysed
+    setting: str
+    rows: pd.DataFrame
+
+    @property
+    def label(self) -> str:
+        return self.analysed.sweep.name + (f" ({self.setting})" if self.setting else "")
+
+    def values(self, metric: str) -> list[float]:
+        fin = self.rows[self.rows["status"] == "TERMINATED"]
+        return fin[metric].astype(float).dropna().tolist() if metric in fin else []
+
+
+def setting_groups(a: Analysed) -> list[Group]:
+    """A sweep's trials by setting (its factors' values, seed excluded): levels of a searched factor are
+    never averaged together (zero-shot and 3-shot baselines are two rows, not one mean)."""
+    s = a.sweep
+    if not s.factors:
+        return [Group(a, "", s.results)]
+    cols = [f"config/{p}" for p in s.factors]
+    keys = s.results[cols].astype(str).agg("\x00".join, axis=1)
+    return [Group(a, s.setting(g.iloc[0]), g) for _, g in s.results.groupby(keys, sort=False)]
+
+
+def _mean_sd(v: list[float]) -> str:
+    x = pd.Series(v, dtype=float)
+    return f"{x.mean():.4g} ± {x.std():.2g}" if len(x) > 1 else (render.fmt(x.mean()) if len(x) else "–")
+
+
 def comparison(doc: Doc, items: list[Analysed]) -> list[str]:
-    """A table across sweeps on the metrics they share, and sentences from it."""
+    """A table across sweeps on the metrics they share, one row per setting, and sentences from it."""
     shared = [m for m in items[0].sweep.metrics + ["train_seconds", "trainable_params"]
               if all(m in a.sweep.results and a.sweep.results[m].notna().any() for a in items)]
+    groups = {id(a): setting_groups(a) for a in items}
     rows = []
     for a in items:
-        s, r = a.sweep, a.sweep.results
-        row: dict[str, Any] = {"sweep": s.name, "trials": len(r), "finished": int((r["status"] == "TERMINATED").sum()),
-                               "stopped": int((r["status"] == "EARLY_STOPPED").sum()),
-                               "failed": int((r["status"] == "ERROR").sum()),
-                               "objective": f"{s.metric} ({s.mode})",
-                               "best": a.findings.best["value"] if a.findings.best else math.nan}
-        for m in shared:
-            v = s.finished[m].astype(float).dropna()
-            row[f"{m} mean ± sd"] = (f"{v.mean():.4g} ± {v.std():.2g}" if len(v) > 1 else render.fmt(v.mean())
-                                     if len(v) else "–")
-        rows.append(row)
-    doc.table(None, pd.DataFrame(rows), "comparison", "Sweeps side by side (finished trials, shared metrics)")
-    out = []
+        for g in groups[id(a)]:
+            r = g.rows
+            row: dict[str, Any] = {"sweep": a.sweep.name, "setting": g.setting or "–", "trials": len(r),
+                                   "finished": int((r["status"] == "TERMINATED").sum()),
+                                   "stopped": int((r["status"] == "EARLY_STOPPED").sum()),
+                                   "failed": int((r["status"] == "ERROR").sum()),
+                                   "objective": f"{a.sweep.metric} ({a.sweep.mode})"}
+            row.update({f"{m} mean ± sd": _mean_sd(g.values(m)) for m in shared})
+            rows.append(row)
+    doc.table(None, pd.DataFrame(rows), "comparison", "Sweeps side by side, one row per setting (finished "
+              "trials of that setting, seeds pooled; shared metrics)")
     key = items[0].sweep.metric
-    if key in shared:
-        mode = items[0].sweep.mode
-        ref = items[0]
-        for a in items[1:]:
-            c = compare(ref.sweep.finished[key].astype(float).dropna().tolist(),
-                        a.sweep.finished[key].astype(float).dropna().tolist())
-            if math.isfinite(c.diff):
-                sig = ("within noise" if c.within_noise else "beyond noise") if c.within_noise is not None else \
-                    "not testable"
-                p = f", p = {c.p:.3f}" if math.isfinite(c.p) else ""
-                out.append(f"Mean {key} of finished trials in {a.sweep.name} differs from {ref.sweep.name} by "
-                           f"{c.diff:+.3g} ({sig}{p}).")
-        bests = [(a.findings.best["value"], a.sweep.name) for a in items if a.findings.best and
-                 a.sweep.metric == key]
-        if bests:
-            v, name = (min if mode == "min" else max)(bests)
-            out.append(f"The best {key} across sweeps is {v:.4g}, in {name}.")
+    if key not in shared:
+        return ["The sweeps share no objective metric; compare them on the shared columns above."]
+    mode = items[0].sweep.mode
+    best = min if mode == "min" else max
+
+    def mean(g: Group) -> float:
+        v = g.values(key)
+        return sum(v) / len(v) if v else math.nan
+
+    scored = [g for a in items for g in groups[id(a)] if math.isfinite(mean(g))]
+    if not scored:
+        return [f"No setting of any sweep has a finished value of {key}."]
+    ref = best([g for g in groups[id(items[0])] if g in scored] or scored, key=mean)
+    out = []
+    for a in items[1:]:
+        mine = sorted([g for g in groups[id(a)] if g in scored], key=mean, reverse=mode == "max")[:MAX_COMPARED]
+        for g in mine:
+            c = compare(ref.values(key), g.values(key))
+            sig = ("within noise" if c.within_noise else "beyond noise") if c.within_noise is not None else \
+                "not testable"
+            p = f", p = {c.p:.3f}" if math.isfinite(c.p) else ""
+            out.append(f"Mean {key} of {g.label} differs from {ref.label} by {c.diff:+.3g} ({sig}{p}).")
+    if is_tie([mean(g) for g in scored]):
+        out.append(f"Every setting of every sweep reached the same mean {key} ({mean(scored[0]):.4g}): no difference.")
     else:
-        out.append("The sweeps share no objective metric; compare them on the shared columns above.")
+        top = best(scored, key=mean)
+        out.append(f"The best {key} across sweeps is {mean(top):.4g} (mean of the finished trials of one setting), "
+                   f"in {top.label}.")
     return out
 
 

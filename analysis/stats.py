@@ -6,8 +6,9 @@ Choice of test (documented in the report too):
 - the bootstrap is used only when both levels have >= 3 runs AND the caller asks for it
   (`method="bootstrap"`); with 2 values a resampled mean takes only 3 distinct values,
   which gives intervals that are far too narrow, so it is never the default for small n.
-- a level with 1 run has no within-level variance: no test; the difference is compared to
-  the seed-to-seed noise measured elsewhere in the sweep (`noise_sd`), when there is any.
+- a level with 1 run, or two levels whose runs are all identical (zero variance), have no
+  within-level variance: no t-test; the difference is compared to the seed-to-seed noise measured
+  elsewhere in the sweep (`noise_sd`), when there is any, else it is "not testable" (no p-value).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> Comparison:
     diff = float(b.mean() - a.mean())
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:  # identical runs on both sides: any difference is exact, none is noise
-        return Comparison(diff, diff, diff, 1.0 if diff == 0 else 0.0, "welch", diff == 0)
+    if se == 0:  # identical runs on both sides: no variance to test against, so no p-value
+        return Comparison(diff, math.nan, math.nan, math.nan, "none", None)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
     half = float(stats.t.ppf(0.5 + confidence / 2, df) * se)
@@ -87,7 +88,7 @@ def compare(a: list[float] | np.ndarray, b: list[float] | np.ndarray, noise_sd: 
     b = np.asarray([v for v in b if math.isfinite(v)], dtype=float)
     if len(a) == 0 or len(b) == 0:
         return Comparison(math.nan, math.nan, math.nan, math.nan, "none", None)
-    if len(a) >= 2 and len(b) >= 2:
+    if len(a) >= 2 and len(b) >= 2 and (a.std() > 0 or b.std() > 0):
         if method == "bootstrap" and len(a) >= 3 and len(b) >= 3:
             return bootstrap(a, b)
         return welch(a, b)
@@ -98,6 +99,12 @@ def compare(a: list[float] | np.ndarray, b: list[float] | np.ndarray, noise_sd: 
     half = 1.96 * noise_sd * math.sqrt(1 / len(a) + 1 / len(b))
     p = float(2 * stats.norm.sf(abs(diff) / (half / 1.96)))
     return Comparison(diff, diff - half, diff + half, p, "noise", abs(diff) < half)
+
+
+def is_tie(values: list[float] | np.ndarray) -> bool:
+    """Two or more finite values, all equal (to rounding): no setting differs from another."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    return len(x) >= 2 and bool(np.ptp(x) <= 1e-12 * max(1.0, float(np.abs(x).max())))
 
 
 def pooled_sd(groups: list[list[float]]) -> float:

@@ -392,7 +392,10 @@ def test_several_sweeps_and_cli_baseline(tmp_path: Path):
     text = (out / "report.md").read_text()
     assert "### Comparison across sweeps" in text and "The best eval_loss across sweeps is" in text
     comp = pd.read_csv(out / "tables" / "comparison.csv")
-    assert comp["sweep"].tolist() == ["sim-grid", "sim-optuna", "sim-tiny"]
+    # One row per setting, seeds pooled: sim-grid's 3 ranks x 2 learning rates, each optuna trial, both tiny ranks.
+    assert comp["sweep"].value_counts().to_dict() == {"sim-grid": 6, "sim-optuna": 16, "sim-tiny": 2}
+    assert list(dict.fromkeys(comp["sweep"])) == ["sim-grid", "sim-optuna", "sim-tiny"]
+    assert comp.loc[comp["sweep"] == "sim-grid", "trials"].tolist() == [3] * 6
     assert "eval_loss mean ± sd" in comp.columns
     # Per-sweep outputs do not overwrite each other; the named baseline is used.
     abl = pd.read_csv(out / "tables" / "sim_grid_ablation_lora_r.csv")
