@@ -99,7 +99,9 @@ class Sweep:
     @property
     def metrics(self) -> list[str]:
         """Recorded quality metrics, objective first."""
-        configured = {f"ppl_{Path(p).stem}" for p in (self.config.get("eval") or {}).get("perplexity") or []}
+        entries = (self.config.get("eval") or {}).get("perplexity") or []  # paths, or {path, name, ...}
+        configured = {f"ppl_{p.get('name') or Path(p['path']).stem}" if isinstance(p, dict) else f"ppl_{Path(p).stem}"
+                      for p in entries}
         cols = [c for c in self.results.columns if (_is_metric(c) or c in configured)
                 and pd.api.types.is_numeric_dtype(self.results[c]) and self.results[c].notna().any()]
         return [self.metric] + [c for c in cols if c != self.metric] if self.metric in self.results else cols

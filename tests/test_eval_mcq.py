@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainables.evaluate.config import MCQSet
-from trainables.evaluate.mcq import build_prompt, choice_scores, continuations, evaluate_set
+from trainables.evaluate.mcq import build_prompt, candidates, choice_scores, evaluate_set
 from trainables.evaluate.mcq_data import load_items, sample_per_subject, subject_of
 
 
@@ -39,50 +39,63 @@ def test_subject_from_file_name():
 
 
 def test_mmlu_index_answers():
-    items, skipped = load_items(spec(name="m", preset="mmlu", subjects=["abstract_algebra"]))
-    assert len(items) == 100 and skipped == 0
+    loaded = load_items(spec(name="m", preset="mmlu", subjects=["abstract_algebra"]))
+    items = loaded.items
+    assert len(items) == 100 and loaded.n_skipped == 0
     first = items[0]
     assert first.subject == "abstract_algebra" and first.question.startswith("Find the degree")
     assert first.choices == ["0", "4", "2", "6"] and first.answer == 1 and first.labels == list("ABCD")
 
 
 def test_cmmlu_letter_answers():
-    items, _ = load_items(spec(name="c", preset="cmmlu", subjects=["agronomy"]))
+    items = load_items(spec(name="c", preset="cmmlu", subjects=["agronomy"])).items
     assert items[0].choices[1] == "土地" and items[0].answer == 1 and items[0].id == "agronomy/0"
 
 
 def test_arc_nested_jsonl_with_numeric_labels():
-    items, skipped = load_items(spec(name="a", preset="arc"))
-    assert len(items) + skipped == 1150 and skipped == 0
+    loaded = load_items(spec(name="a", preset="arc"))
+    items = loaded.items
+    assert len(items) == loaded.rows == 1150 and loaded.n_skipped == 0
     assert {len(it.choices) for it in items} == {3, 4, 5}  # 3/4/5-choice items, labels from the rows
     assert all(it.labels == [chr(65 + i) for i in range(len(it.choices))] for it in items)
     assert all(0 <= it.answer < len(it.choices) for it in items)
 
 
 def test_answer_through_labels_or_index():
-    from trainables.evaluate.mcq_data import _answer_index
+    from trainables.evaluate.mcq_parse import Skip, answer_indices
 
-    assert _answer_index("3", ["1", "2", "3", "4"], "auto") == 2   # ARC-style numeric labels
-    assert _answer_index("2", list("ABCD"), "auto") == 2            # MMLU index
-    assert _answer_index("c", list("ABCD"), "auto") == 2
-    assert _answer_index("ABD", list("ABCD"), "auto") is None       # multi-answer
-    assert _answer_index("D", list("ABC"), "letter") is None        # answer names a dropped choice
-    assert _answer_index("1", list("ABCD"), "letter") is None
+    def ans(raw, labels, kind, base=None, multi=False):
+        try:
+            return answer_indices(raw, labels, ["t"] * len(labels), kind, base, multi)
+        except Skip as e:
+            return e.args[0]
+
+    assert ans("3", ["1", "2", "3", "4"], "auto") == [2]        # ARC-style numeric labels
+    assert ans("2", list("ABCD"), "auto", base=0) == [2]        # MMLU index (the set said 0-based)
+    assert ans("2", list("ABCD"), "auto") == "index_base"       # ... and when the set did not say
+    assert ans("c", list("ABCD"), "auto") == [2]
+    assert ans("ABD", list("ABCD"), "auto") == "multi_answer"
+    assert ans("ABD", list("ABCD"), "auto", multi=True) == [0, 1, 3]
+    assert ans("D", list("ABC"), "letter") == "answer_not_a_choice"  # names a dropped choice
+    assert ans("1", list("ABCD"), "letter") == "answer_not_a_choice"
 
 
 def test_fineval_and_ideafinbench():
-    fin, _ = load_items(spec(name="f", preset="fineval", subjects=["accounting"]))
+    fin = load_items(spec(name="f", preset="fineval", subjects=["accounting"])).items
     assert fin and all(len(it.choices) == 4 for it in fin)
-    cfa, skipped = load_items(spec(name="i", preset="ideafinbench"))
-    assert len(cfa) + skipped == 1220
-    assert all(it.labels == ["A", "B", "C"] for it in cfa)  # D is empty in CFA items: dropped
-    multi, skipped = load_items(spec(name="p", path="mcq/ideafinbench/cpa_multi/val",
-                                     choices=["A", "B", "C", "D"], answer="answer"))
-    assert skipped > 0  # several-letter answers cannot be one log-likelihood choice: skipped, counted
+    cfa = load_items(spec(name="i", preset="ideafinbench"))
+    assert len(cfa.items) == cfa.rows == 1220
+    assert all(it.labels == ["A", "B", "C"] for it in cfa.items)  # D is empty in CFA items: dropped
+    single = load_items(spec(name="p", path="mcq/ideafinbench/cpa_multi/val", choices=["A", "B", "C", "D"]))
+    assert single.skipped == {"multi_answer": 1142} and not single.items  # counted, and (prepare) refused
+    multi = load_items(spec(name="p", path="mcq/ideafinbench/cpa_multi/val", choices=["A", "B", "C", "D"],
+                            multi=True))
+    assert len(multi.items) == 1142 and not multi.skipped
+    assert multi.items[0].answers == [0, 1, 2, 3]  # 'A,B,C,D'
 
 
 def test_sampling_is_per_subject_and_deterministic():
-    items, _ = load_items(spec(name="m", preset="mmlu", subjects=["anatomy", "virology"]))
+    items = load_items(spec(name="m", preset="mmlu", subjects=["anatomy", "virology"])).items
     a = sample_per_subject(items, 3, seed=1)
     assert [it.id for it in a] == [it.id for it in sample_per_subject(items, 3, seed=1)]
     assert sorted({it.subject for it in a}) == ["anatomy", "virology"] and len(a) == 6
@@ -111,16 +124,19 @@ def independent(model, tok, prompt: str, conts: list[str]) -> list[float]:
 def test_scores_match_independent_computation(model_tok, kw, score, template):
     model, tok = model_tok
     s = spec(**kw, score=score, template=template)
-    items = sample_per_subject(load_items(s)[0], s.n_per_subject, s.seed)
-    dev = load_items(s, dev=True)[0][: s.shots] if s.shots else []
-    prompts = [build_prompt(tok, it, dev, template) for it in items]
+    s = s.model_copy(update={"shots": s.shots or 0})  # as EvalConfig.mcq_sets() resolves it
+    items = sample_per_subject(load_items(s).items, s.n_per_subject, s.seed)
+    dev = load_items(s, dev=True).items[: s.shots] if s.shots else []
+    prompts = [build_prompt(tok, it, dev, s) for it in items]
     if s.shots:
         assert prompts[0].count("Answer: ") == s.shots
-    ours = choice_scores(model, tok, items, prompts, score=score, template=template, batch_size=4, max_len=4096)
+    conts = [[c for _, c in candidates(it, s)] for it in items]
+    ctxs = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ours = choice_scores(model, tok, conts, ctxs, batch_size=4, max_len=4096)
     res = evaluate_set(model, tok, s, batch_size=4, max_len=4096)
     correct = 0
-    for it, p, sc in zip(items, prompts, ours, strict=True):
-        ref = independent(model, tok, p, continuations(it, score, template))
+    for it, p, sc, cs in zip(items, prompts, ours, conts, strict=True):
+        ref = independent(model, tok, p, cs)
         assert sc == pytest.approx(ref, abs=2e-3)
         correct += int(max(range(len(ref)), key=ref.__getitem__) == it.answer)
     assert res["n"] == len(items)

@@ -3,7 +3,7 @@
 Each evaluator is one module that registers an `Evaluator`: whether the config switches it on, the
 metric names it will produce (EvalConfig.metrics(), checked against search.metric before launch) and
 `run(ctx)`. They run in registration order, so the judge sees the generation's outputs.
-`run_all` is what a trial calls at its end.
+`run_all` is what a trial calls at its end; `data_problems` is what the driver's preflight calls.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class _OrderedRegistry(Registry[Evaluator]):
 EVALUATORS: _OrderedRegistry = _OrderedRegistry("evaluator")
 
 # Registration order = run order (generate before judge). Imported for their @register side effect.
-from trainables.evaluate import generate, judge, mcq, perplexity  # noqa: E402,F401,I001
+from trainables.evaluate import generate, judge, mcq, mcq_data, perplexity  # noqa: E402,F401,I001
 
 
 def run_all(
@@ -75,3 +75,19 @@ def run_all(
             model.train()
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
+
+
+def data_problems(*eval_cfgs: EvalConfig) -> list[str]:
+    """One line per MCQ set or perplexity file that cannot be scored as configured, over one or more
+    variants of the eval section (searched levels); each distinct set is read once."""
+    checked: dict[str, list[str]] = {}
+    for cfg in eval_cfgs:
+        for spec in cfg.mcq_sets():
+            key = "mcq" + spec.model_dump_json()
+            if key not in checked:
+                checked[key] = mcq_data.prepare(spec).problems
+        for ps in cfg.perplexity:
+            key = f"ppl{cfg.perplexity_limit}" + ps.model_dump_json()
+            if key not in checked:
+                checked[key] = perplexity.set_problems(ps, perplexity.load_set(ps, cfg.perplexity_limit)[1])
+    return list(dict.fromkeys(line for lines in checked.values() for line in lines))
