@@ -118,8 +118,8 @@ def test_index_answers_count_from_0_or_1(tmp_path, answers, kind, expected, skip
     assert [it.answers for it in loaded.items] == expected and dict(loaded.skipped) == skipped
     if skipped:
         assert prepare(s).problems[0] == (
-            f"eval.mcq.s.answer_kind: 4 numeric answers could count from 0 or from 1 (e.g. medmcqa.csv row 0 "
-            f"(answer '2'; fields: question, opa, opb, opc, opd, cop)); set eval.mcq.s.answer_kind: index "
+            "eval.mcq.s.answer_kind: 4 numeric answers could count from 0 or from 1 (e.g. medmcqa.csv row 0 "
+            "(answer '2'; fields: question, opa, opb, opc, opd, cop)); set eval.mcq.s.answer_kind: index "
             "(0-based) or index1 (1-based)")
 
 
@@ -276,7 +276,7 @@ def test_data_problems_cover_mcq_and_perplexity(tmp_path):
                                                                             "answer"])),
          "choices": ["A", "B", "C", "D"], "multi": True}]})
     assert data_problems(cfg) == [
-        f"eval.perplexity.qa: 1 of 1 rows of qa.jsonl cannot be scored (1x unrecognised row; e.g. row 0: "
+        f"eval.perplexity.qa: 1 of 1 rows of {ppl} cannot be scored (1x unrecognised row; e.g. row 0: "
         "unrecognised row with fields ['a', 'q'] (fields: a, q)); map its columns with eval.perplexity.qa.fields "
         "(as data.fields: {instruction: <prompt column>, output: <answer column>})"]
     fixed = cfg.model_copy(update={"perplexity": [cfg.perplexity[0].model_copy(

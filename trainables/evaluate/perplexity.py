@@ -81,10 +81,10 @@ def set_problems(ps: PerplexitySet, report: LoadReport) -> list[str]:
     if report.loaded:
         fix += f", or raise {where}.max_skipped_fraction (now {ps.max_skipped_fraction})"
     if not report.rows:
-        return [f"{where}: {report.source} holds no rows"]
+        return [f"{where}: {ps.path} holds no rows"]
     reasons = ", ".join(f"{n}x {why}" for why, n in report.bad.most_common())
     sample = report.samples[0].replace("; set data.format / data.fields", "") if report.samples else ""
-    return [f"{where}: {report.n_bad} of {report.rows} rows of {report.source} cannot be scored ({reasons}; "
+    return [f"{where}: {report.n_bad} of {report.rows} rows of {ps.path} cannot be scored ({reasons}; "
             f"e.g. {sample}); {fix}"]
 
 
