@@ -123,7 +123,9 @@ class Sweep:
         if self.directions:
             return bool(self.directions.get(col))
         # written before sweep.yaml held metric_directions
-        configured = {f"ppl_{Path(p).stem}" for p in (self.config.get("eval") or {}).get("perplexity") or []}
+        entries = (self.config.get("eval") or {}).get("perplexity") or []  # paths, or {path, name, ...}
+        configured = {f"ppl_{p.get('name') or Path(p['path']).stem}" if isinstance(p, dict) else f"ppl_{Path(p).stem}"
+                      for p in entries}
         return _is_metric(col) or col in configured
 
     @property

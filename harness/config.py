@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,8 +220,11 @@ class SweepConfig(Strict):
     def _decontaminate_against_eval_sets(self) -> SweepConfig:
         """Training rows whose prompts appear in the sweep's own evaluation sets would inflate the scores."""
         if self.data.decontaminate_eval:
-            used = list(self.eval.perplexity) + ([self.eval.generate.data] if self.eval.generate.data else [])
+            used = [p.path for p in self.eval.perplexity] + ([self.eval.generate.data] if self.eval.generate.data else [])
             self.data.decontaminate += [p for p in used if p not in self.data.decontaminate]
+            for p in self.eval.perplexity:  # read as the perplexity evaluator reads it
+                if p.fields:
+                    self.data.decontaminate_fields.setdefault(p.path, dict(p.fields))
         return self
 
     @property
@@ -281,14 +285,69 @@ def _suggest(key: str, options: list[str]) -> str:
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at `loc` (for 'did you mean')."""
+    """The pydantic model class that owns the field at `loc` (for 'did you mean'); a list item's part (its
+    index or name) leads to the item's model."""
     model: Any = SweepConfig
+    item: type[BaseModel] | None = None
     for part in loc:
+        if item is not None:
+            model, item = item, None
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
             return None
         ann = model.model_fields[part].annotation
+        item = named_item_model(ann)
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return model
+
+
+def named_item_model(ann: Any) -> type[BaseModel] | None:
+    """M for a `list[M]` field whose items have a `name` (eval.mcq, eval.perplexity): their settings are
+    addressed by the item's name, e.g. eval.mcq.medqa.shots."""
+    args = typing.get_args(ann) if typing.get_origin(ann) is list else ()
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel) \
+            and "name" in args[0].model_fields:
+        return args[0]
+    return None
+
+
+def item_name(item: Any) -> str | None:
+    """The name a list item is addressed by: its `name`, else (a perplexity entry) its file's stem."""
+    from trainables.evaluate.config import metric_stem
+
+    if isinstance(item, BaseModel):
+        item = item.model_dump()
+    if isinstance(item, dict):
+        name = item.get("name")
+        return str(name) if name is not None else metric_stem(item["path"]) if isinstance(item.get("path"), str) \
+            else None
+    return metric_stem(item) if isinstance(item, str) else None
+
+
+def _named(items: list, name: str, where: str) -> int:
+    names = [item_name(it) for it in items]
+    if name not in names:
+        raise ConfigError([f"{where}.{name}: no entry named {name!r} in {where} (names: "
+                           f"{', '.join(str(n) for n in names) or 'none'})"])
+    return names.index(name)
+
+
+def _named_loc(loc: tuple, raw: Any) -> tuple:
+    """A validation error's location with named entries named instead of numbered (eval.mcq.medqa.shots,
+    not eval.mcq.0.shots) where the entry has a usable name; `raw`: the sweep as validated."""
+    out, node, model, item = [], raw, SweepConfig, None
+    for part in loc:
+        if item is not None and isinstance(node, list) and isinstance(part, int) and part < len(node):
+            name, node, model, item = item_name(node[part]), node[part], item, None
+            out.append(name if name and re.fullmatch(r"[A-Za-z0-9_]+", name) else part)
+            continue
+        out.append(part)
+        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        ann = fields[part].annotation if isinstance(part, str) and part in fields else None
+        item = named_item_model(ann)
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        node = node.get(part) if isinstance(node, dict) else None
+    return tuple(out)
 
 
 _PLAIN_TYPES = {"str", "int", "float", "bool", "dict", "list", "none"}
@@ -312,13 +371,13 @@ def _union_branches(errors: list[dict]) -> set[tuple]:
             any(_is_union_tag(p) and not p.startswith("function-") for p in e["loc"])}
 
 
-def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
+def format_errors(err: ValidationError, prefix: str = "", raw: Any = None) -> list[str]:
     lines: list[str] = []
     union: dict[str, list[str]] = {}  # path -> what each branch of a union wanted (one line for all)
     branches = _union_branches(err.errors())
     for e in err.errors():
         tagged = e["loc"] in branches
-        loc = tuple(p for p in e["loc"] if not _is_union_tag(p))
+        loc = _named_loc(tuple(p for p in e["loc"] if not _is_union_tag(p)), raw)
         if tagged and loc and loc[-1] in _PLAIN_TYPES:
             loc = loc[:-1]
         path = prefix + ".".join(str(p) for p in loc)
@@ -375,28 +434,73 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def set_dotted(d: dict, path: str, value: Any) -> None:
+    """d[a][b] = value for 'a.b'; in a list of named entries the part after the list is an entry's name
+    (eval.mcq.medqa.shots sets `shots` of the mcq set named medqa; a plain perplexity path becomes {path})."""
     parts = path.split(".")
-    for p in parts[:-1]:
+    i = 0
+    while i < len(parts) - 1:
+        p = parts[i]
+        if isinstance(d.get(p), list):
+            items = d[p]
+            j = _named(items, parts[i + 1], ".".join(parts[: i + 1]))
+            if i + 2 == len(parts):  # the whole entry
+                items[j] = value
+                return
+            if isinstance(items[j], str):
+                items[j] = {"path": items[j]}
+            d, i = items[j], i + 2
+            continue
         if not isinstance(d.get(p), dict):
             d[p] = {}
-        d = d[p]
+        d, i = d[p], i + 1
     d[parts[-1]] = value
 
 
 def get_dotted(d: Any, path: str) -> Any:
-    for p in path.split("."):
-        d = d[p] if isinstance(d, dict) else getattr(d, p)
+    parts = path.split(".")
+    i = 0
+    while i < len(parts):
+        d = d[parts[i]] if isinstance(d, dict) else getattr(d, parts[i])
+        if isinstance(d, list) and i + 1 < len(parts):
+            d, i = d[_named(d, parts[i + 1], ".".join(parts[: i + 1]))], i + 1
+        i += 1
     return d
 
 
-def _field_exists(path: str) -> bool:
+def _field_exists(path: str, cfg: Any = None) -> bool:
+    """A settable leaf of the schema; `<list>.<name>.<field>` for the named entries of `cfg`."""
     model: Any = SweepConfig
-    for part in path.split("."):
+    parts = path.split(".")
+    i = 0
+    while i < len(parts):
+        part = parts[i]
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
             return False
         ann = model.model_fields[part].annotation
+        item = named_item_model(ann)
+        if item is not None and i + 1 < len(parts) - 1:
+            entries = get_dotted(cfg, ".".join(parts[: i + 1])) if cfg is not None else []
+            if parts[i + 1] not in [item_name(e) for e in entries]:
+                return False
+            model, i = item, i + 2
+            continue
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        i += 1
     return model is None  # a leaf, not a whole section
+
+
+def _leaf_names(cfg: SweepConfig) -> list[str]:
+    """Settable dotted paths, for 'did you mean': section.field, and list.<name>.field of named entries."""
+    leafs = []
+    for s, m in SweepConfig.model_fields.items():
+        if not (isinstance(m.annotation, type) and issubclass(m.annotation, BaseModel)):
+            continue
+        for f, fm in m.annotation.model_fields.items():
+            leafs.append(f"{s}.{f}")
+            item = named_item_model(fm.annotation)
+            if item is not None:
+                leafs += [f"{s}.{f}.{item_name(e)}.{k}" for e in get_dotted(cfg, f"{s}.{f}") for k in item.model_fields]
+    return leafs
 
 
 def _check_space(cfg: SweepConfig, raw: dict) -> list[str]:
@@ -405,11 +509,8 @@ def _check_space(cfg: SweepConfig, raw: dict) -> list[str]:
     space = cfg.search.space
     for path, p in space.items():
         where = f"search.space.{path}"
-        if not _field_exists(path):
-            leafs = [f"{s}.{f}" for s, m in SweepConfig.model_fields.items()
-                     if isinstance(m.annotation, type) and issubclass(m.annotation, BaseModel)
-                     for f in m.annotation.model_fields]
-            problems.append(f"{where}: no such setting{_suggest(path, leafs)}")
+        if not _field_exists(path, cfg):
+            problems.append(f"{where}: no such setting{_suggest(path, _leaf_names(cfg))}")
             continue
         if p.kind == "tie":
             if p.tie not in space or space[p.tie].kind == "tie":
@@ -422,7 +523,7 @@ def _check_space(cfg: SweepConfig, raw: dict) -> list[str]:
             try:
                 SweepConfig.model_validate(trial)
             except ValidationError as e:
-                problems += [f"{where}: value {v!r} is invalid: {line}" for line in format_errors(e)
+                problems += [f"{where}: value {v!r} is invalid: {line}" for line in format_errors(e, raw=trial)
                              if line.startswith(path)]
     if cfg.search.algorithm == "optuna" and any(p.kind == "grid" for p in space.values()):
         problems.append("search.space: grid entries need search.algorithm grid or random; use choice with optuna")
@@ -571,7 +672,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     try:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_errors(e), raw) from None
+        raise ConfigError(format_errors(e, raw=raw), raw) from None
     problems = cross_checks(cfg, raw)
     if problems:
         raise ConfigError(problems, raw)

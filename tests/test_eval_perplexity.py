@@ -82,3 +82,42 @@ def test_in_context_examples_are_not_scored(model_tok):
     shots = score_examples(model, tok, rows, batch_size=2, max_len=4096, icl=icl)
     assert [n for _, n in plain] == [n for _, n in shots]  # same answer tokens, only the context grew
     assert [s for s, _ in plain] != [s for s, _ in shots]
+
+
+def test_other_column_names_with_fields_limit_and_both_perplexities(model_tok, tmp_path):
+    import json
+
+    model, tok = model_tok
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"q": f"Name a {k}.", "a": v}) + "\n" for k, v in
+                          [("colour", "Blue."), ("fruit", "An apple, usually red."), ("planet", "Mars"),
+                           ("number", "Seven")]))
+    entry = {"path": str(qa), "name": "qa", "fields": {"instruction": "q", "output": "a"}, "limit": 3}
+    m = run_all(EvalConfig.model_validate({"perplexity": [entry]}), model, tok, tmp_path / "t")
+    sums = [direct(model, tok, [{"role": "user", "content": f"Name a {k}."}, {"role": "assistant", "content": v}])
+            for k, v in [("colour", "Blue."), ("fruit", "An apple, usually red."), ("planet", "Mars")]]
+    token_weighted = math.exp(sum(s for s, _ in sums) / sum(n for _, n in sums))
+    mean_per_row = sum(math.exp(s / n) for s, n in sums) / 3
+    assert m["ppl_qa"] == pytest.approx(token_weighted, rel=1e-4)
+    assert m["ppl_mean_qa"] == pytest.approx(mean_per_row, rel=1e-4) and m["ppl_mean_qa"] != m["ppl_qa"]
+    assert (m["ppl_qa_n_scored"], m["ppl_qa_n_skipped"]) == (3, 0)
+    assert set(m) == set(EvalConfig.model_validate({"perplexity": [entry]}).metrics())
+
+
+def test_rows_that_cannot_be_scored_are_counted_or_fail_the_trial(model_tok, tmp_path):
+    import json
+
+    model, tok = model_tok
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in [{"q": "Say hi.", "a": "hi"}, {"q": "Say no."},
+                                                         {"q": "Say yes.", "a": "yes"}, {"q": "Say 1.", "a": "1"}]))
+    entry = {"path": str(qa), "fields": {"instruction": "q", "output": "a"}}
+    with pytest.raises(ValueError) as e:
+        run_all(EvalConfig.model_validate({"perplexity": [entry]}), model, tok, tmp_path / "t")
+    assert str(e.value) == (
+        f"eval.perplexity.qa: 1 of 4 rows of {qa} cannot be scored (1x missing output; e.g. row 1: missing output "
+        "(fields: q)); map its columns with eval.perplexity.qa.fields (as data.fields: {instruction: <prompt "
+        "column>, output: <answer column>}), or raise eval.perplexity.qa.max_skipped_fraction (now 0.05)")
+    m = run_all(EvalConfig.model_validate({"perplexity": [{**entry, "max_skipped_fraction": 0.25}]}), model, tok,
+                tmp_path / "t")
+    assert (m["ppl_qa_n_scored"], m["ppl_qa_n_skipped"], m["ppl_qa_skipped_missing_output"]) == (3, 1, 1)

@@ -35,6 +35,9 @@ class DataConfig(Strict):
         "normalized", description="exact: identical conversations; normalized: also same prompt up to case/space/punct."
     )
     decontaminate: list[str] = Field(default_factory=list, description="evaluation files whose prompts are removed")
+    decontaminate_fields: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="column mapping of decontamination files in other layouts: path -> "
+                                          "{instruction: column, ...} (eval.perplexity entries' fields land here)")
     decontaminate_eval: bool = Field(
         True, description="also decontaminate against the sweep's own eval sets (eval.perplexity, eval.generate.data)")
     ngram: int = Field(13, ge=0, description="decontamination word n-gram (CJK: characters); 0 = exact match only")

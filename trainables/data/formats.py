@@ -360,9 +360,10 @@ def row_to_example(row: Any, i: int, source: str, fmt: str = "auto",
 
 def load_with_report(
     path: str, fmt: str = "auto", field_name: str = "data.train", *,
-    fields: Mapping[str, str] | None = None, split: str = "train",
+    fields: Mapping[str, str] | None = None, split: str = "train", limit: int | None = None,
 ) -> tuple[list[Example], LoadReport]:
-    """Load a file (or hub dataset) into Examples; bad rows are skipped and described in the report."""
+    """Load a file (or hub dataset) into Examples; bad rows are skipped and described in the report.
+    `limit`: stop after that many examples (the report then counts the rows read up to there)."""
     if is_hub_id(path):
         rows, source = _hub_rows(path, split, field_name), path.removeprefix(_HF_PREFIX)
     else:
@@ -371,6 +372,9 @@ def load_with_report(
     report = LoadReport(source=source, rows=len(rows))
     out: list[Example] = []
     for i, row in enumerate(rows):
+        if limit is not None and len(out) >= limit:
+            report.rows = i
+            break
         try:
             out.append(row_to_example(row, i, source, fmt, fields))
         except (ValueError, TypeError) as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from trainables.data.formats import Example
+from trainables.data.formats import Example, load_examples
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
@@ -78,27 +78,32 @@ class Contamination:
         return None
 
 
-def eval_prompt_texts(paths: list[str]) -> list[str]:
+def eval_prompt_texts(paths: list[str], fields: dict[str, dict[str, str]] | None = None) -> list[str]:
     """Prompt texts of evaluation files in any of the open-ended test formats (Koala, Vicuna, WizardLM,
-    FastChat, Alpaca...); the evaluation code owns that loader, so both read the files the same way."""
+    FastChat, Alpaca...); the evaluation code owns that loader, so both read the files the same way.
+    A file with a column mapping (`fields`: path -> data.fields-style mapping) is read as the perplexity
+    evaluator reads it."""
     from trainables.evaluate.prompts import load_prompts
 
     texts = []
     for path in paths:
+        if (fields or {}).get(path):
+            texts += [e.prompt_text for e in load_examples(path, field_name="data.decontaminate", fields=fields[path])]
+            continue
         for row in load_prompts(path, field_name="data.decontaminate"):
             texts.append("\n".join(m["content"] for m in row.messages if m["role"] == "user"))
     return texts
 
 
 def decontaminate(
-    examples: list[Example], eval_paths: list[str], n: int
+    examples: list[Example], eval_paths: list[str], n: int, fields: dict[str, dict[str, str]] | None = None
 ) -> tuple[list[Example], dict[str, list[str]]]:
     """Drop training examples that overlap the evaluation prompts. Returns (kept, {"decontam_exact": ids,
     "decontam_ngram": ids})."""
     removed: dict[str, list[str]] = {"decontam_exact": [], "decontam_ngram": []}
     if not eval_paths:
         return examples, removed
-    check = Contamination(eval_prompt_texts(eval_paths), n)
+    check = Contamination(eval_prompt_texts(eval_paths, fields), n)
     kept = []
     for e in examples:
         why = check.hit(e)

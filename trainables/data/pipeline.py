@@ -75,7 +75,7 @@ def load_pool(data: DataConfig) -> Pool:
         pool = [e for i, e in enumerate(pool) if i not in held_idx]
     # Decontamination comes after the split and touches only the training pool: the held-out rows stay
     # the same whichever evaluation sets a sweep uses, so eval_loss compares across sweeps.
-    pool, dropped = decontaminate(pool, data.decontaminate, data.ngram)
+    pool, dropped = decontaminate(pool, data.decontaminate, data.ngram, data.decontaminate_fields)
     removed.update(dropped)
     return Pool(pool, held, removed, reports)
 

@@ -4,7 +4,8 @@ Each evaluator is one module that registers an `Evaluator`: whether the config s
 metric names it will produce (EvalConfig.metrics(), checked against search.metric before launch),
 which of them are objectives and in which direction (`objectives`: name pattern -> "min" | "max";
 counts and diagnostics match no pattern and cannot be search.metric) and `run(ctx)`. They run in
-registration order, so the judge sees the generation's outputs. `run_all` is what a trial calls at its end.
+registration order, so the judge sees the generation's outputs. `run_all` is what a trial calls at its end;
+`data_problems` is what the driver's preflight calls.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class Evaluator:
     metrics: Callable[[EvalConfig], list[str]]
     run: Callable[[EvalContext], dict[str, float]]
     # Which metrics can be search.metric, and whether lower ("min") or higher ("max") is better:
-    # fnmatch patterns over the names `metrics` returns, e.g. {"mcq_*acc": "max"}. A metric no pattern
-    # matches (a count, a time, a cost) has no direction and is refused as an objective.
-    objectives: Mapping[str, Direction] = field(default_factory=dict)
+    # fnmatch patterns over the names `metrics` returns, tried in order, e.g. {"mcq_*acc": "max"}. A metric
+    # no pattern matches, or one matched by a None pattern first (a count, a time, a cost), has no direction
+    # and is refused as an objective.
+    objectives: Mapping[str, Direction | None] = field(default_factory=dict)
 
     def direction(self, metric: str) -> Direction | None:
         return next((d for pattern, d in self.objectives.items() if fnmatchcase(metric, pattern)), None)
@@ -58,7 +60,7 @@ class _OrderedRegistry(Registry[Evaluator]):
 EVALUATORS: _OrderedRegistry = _OrderedRegistry("evaluator")
 
 # Registration order = run order (generate before judge). Imported for their @register side effect.
-from trainables.evaluate import generate, judge, mcq, perplexity  # noqa: E402,F401,I001
+from trainables.evaluate import generate, judge, mcq, mcq_data, perplexity  # noqa: E402,F401,I001
 
 
 def run_all(
@@ -96,3 +98,19 @@ def require_objective(metric: str, metrics: Mapping[str, Any]) -> None:
         raise ValueError(f"search.metric: this trial's final report has no {metric!r} (the configured "
                          f"evaluations produced {', '.join(sorted(metrics)) or 'nothing'}); choose a metric they "
                          "produce")
+
+
+def data_problems(*eval_cfgs: EvalConfig) -> list[str]:
+    """One line per MCQ set or perplexity file that cannot be scored as configured, over one or more
+    variants of the eval section (searched levels); each distinct set is read once."""
+    checked: dict[str, list[str]] = {}
+    for cfg in eval_cfgs:
+        for spec in cfg.mcq_sets():
+            key = "mcq" + spec.model_dump_json()
+            if key not in checked:
+                checked[key] = mcq_data.prepare(spec).problems
+        for ps in cfg.perplexity:
+            key = f"ppl{cfg.perplexity_limit}" + ps.model_dump_json()
+            if key not in checked:
+                checked[key] = perplexity.set_problems(ps, perplexity.load_set(ps, cfg.perplexity_limit)[1])
+    return list(dict.fromkeys(line for lines in checked.values() for line in lines))

@@ -1,8 +1,8 @@
 """Config section for evaluations run at the end of a trial (composed into harness.config.SweepConfig).
 
 Defaults run nothing extra (cheap). Each sub-section switches one evaluator on:
-    perplexity: [classical_zh/public_test.json]          -> ppl_public_test, loss_public_test
-    mcq: [{name: mmlu, preset: mmlu, n_per_subject: 5}]  -> mcq_mmlu_acc, mcq_acc, ...
+    perplexity: [classical_zh/public_test.json]          -> ppl_public_test, ppl_mean_public_test, ...
+    mcq: [{name: mmlu, preset: mmlu, n_per_subject: 5}]  -> mcq_mmlu_acc, mcq_mmlu_n_scored, mcq_acc, ...
     generate: {data: eval/evol_instruct_gt.json}         -> pred.json + gen_* metrics
     judge: {enabled: true, base_url: ..., model: ...}    -> judge_score, judge_parse_failures, ...
 `only: true` makes a trial evaluate without training (baselines, decoding sweeps): the driver then
@@ -33,39 +33,112 @@ def metric_stem(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", Path(path).stem).strip("_") or "data"
 
 
-# Column layouts of the benchmarks in ../shared/data/mcq; a preset fills whatever the YAML leaves out.
+# Column layouts of public benchmarks; a preset fills whatever the YAML leaves out. The first five are the
+# folders in ../shared/data/mcq (path and dev included); the others are layouts only (give path: ...).
 MCQ_PRESETS: dict[str, dict[str, Any]] = {
     "mmlu": {"path": "mcq/mmlu/test", "dev": "mcq/mmlu/dev", "question": "question",
-             "choices": ["choice0", "choice1", "choice2", "choice3"], "answer": "answer"},
+             "choices": ["choice0", "choice1", "choice2", "choice3"], "answer": "answer", "answer_kind": "index"},
     "cmmlu": {"path": "mcq/cmmlu/test", "dev": "mcq/cmmlu/dev", "question": "Question",
-              "choices": ["A", "B", "C", "D"], "answer": "Answer"},
+              "choices": ["A", "B", "C", "D"], "answer": "Answer", "answer_kind": "letter"},
     "arc": {"path": "mcq/arc/ARC-Challenge-Test.jsonl", "dev": "mcq/arc/ARC-Challenge-Dev.jsonl",
             "question": "question.stem", "choices": "question.choices", "answer": "answerKey"},
     "fineval": {"path": "mcq/fineval/val", "dev": "mcq/fineval/dev", "question": "question",
-                "choices": ["A", "B", "C", "D"], "answer": "answer"},
+                "choices": ["A", "B", "C", "D"], "answer": "answer", "answer_kind": "letter"},
     "ideafinbench": {"path": "mcq/ideafinbench/cfa_l1/val", "dev": "mcq/ideafinbench/cfa_l1/dev",
-                     "question": "question", "choices": ["A", "B", "C", "D"], "answer": "answer"},
+                     "question": "question", "choices": ["A", "B", "C", "D"], "answer": "answer",
+                     "answer_kind": "letter"},
+    # MedQA (jind11/MedQA jsonl): {"question", "options": {"A": .., "E": ..}, "answer_idx": "B", "answer": text}
+    "medqa": {"question": "question", "choices": "options", "answer": "answer_idx", "answer_kind": "letter"},
+    # PubMedQA (pqa_labeled): {"QUESTION", "CONTEXTS": [..], "final_decision": "yes"}
+    "pubmedqa": {"question": "QUESTION", "context": "CONTEXTS", "fixed_choices": ["yes", "no", "maybe"],
+                 "answer": "final_decision", "answer_kind": "text"},
+    # MMLU-Pro: {"question", "options": [up to 10 strings], "answer": "C", "category"}
+    "mmlu_pro": {"question": "question", "choices": "options", "answer": "answer", "answer_kind": "letter",
+                 "subject_field": "category"},
+    # C-Eval (ceval-exam csv): id, question, A, B, C, D, answer (letter)
+    "ceval": {"question": "question", "choices": ["A", "B", "C", "D"], "answer": "answer", "answer_kind": "letter",
+              "language": "zh"},
 }
+INLINE = "inline"  # choices: inline = the options are lines of the question text ("A. ...", "B、...")
+AnswerKind = Literal["auto", "letter", "index", "index1", "text"]
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
-class MCQSet(Strict):
+class MCQLayout(Strict):
+    """Where a row keeps its parts (columns, or dotted paths into nested rows)."""
+
+    question: str = Field("question", description="column, or dotted path into nested rows (question.stem)")
+    context: str | None = Field(None, description="passage shown before the question (a text or a list of texts)")
+    choices: list[str] | str | None = Field(
+        None, description="columns / dotted paths [A, B, C, D] or [options.A, ..]; or one path to a mapping "
+                          "{A: text}, a list of texts or a list of {label, text}; or 'inline' (options are "
+                          "'A. text' lines inside the question)")
+    fixed_choices: list[str] | None = Field(None, description="the same options for every row, e.g. [yes, no, maybe]")
+    answer: str = Field("answer", description="column / dotted path of the answer")
+    answer_kind: AnswerKind = Field(
+        "auto", description="letter ('B', 'B. text', 'ABD' in multi sets), index (0-based), index1 (1-based), "
+                            "text (the option's text); auto: a label, a decorated letter, the option text, or "
+                            "an index whose base the whole set decides (ambiguous: an error)")
+    subject_field: str | None = Field(None, description="column naming the subject; default: the file name")
+    csv_columns: list[str] | None = Field(
+        None, description="names of the columns of CSV files without a header line (MMLU's original files: "
+                          "[question, A, B, C, D, answer]); their first line is then a question")
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(v, list) and not 2 <= len(v) <= 26:
+            raise ValueError("give 2 to 26 columns")
+        return v
+
+    @field_validator("fixed_choices")
+    @classmethod
+    def _fixed(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not 2 <= len(v) <= 26 or len({c.strip().lower() for c in v}) != len(v)):
+            raise ValueError("give 2 to 26 distinct options")
+        return v
+
+
+class MCQDev(MCQLayout):
+    """Few-shot exemplars in a file of their own layout: every column setting left out is the set's."""
+
+    path: str = Field(..., description="file, or folder of <subject>_dev files")
+    question: str | None = None  # type: ignore[assignment]
+    answer: str | None = None  # type: ignore[assignment]
+    answer_kind: AnswerKind | None = None  # type: ignore[assignment]
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _must_exist(v, "mcq dev")
+
+
+class MCQSet(MCQLayout):
     """One multiple-choice benchmark: a file (csv/json/jsonl) or a folder of per-subject files."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_]+$", description="metric names become mcq_<name>_acc")
-    preset: Literal["mmlu", "cmmlu", "arc", "fineval", "ideafinbench"] | None = None
+    preset: Literal["mmlu", "cmmlu", "arc", "fineval", "ideafinbench", "medqa", "pubmedqa", "mmlu_pro",
+                    "ceval"] | None = None
     path: str = Field(..., description="file, or folder of <subject>[_test|_val|_dev].csv files")
-    dev: str | None = Field(None, description="few-shot exemplars: same layout as path (per subject)")
-    question: str = Field("question", description="column, or dotted path into nested rows (question.stem)")
-    choices: list[str] | str = Field(..., description="columns [A, B, C, D], or a dotted path to a list")
-    answer: str = "answer"
-    answer_kind: Literal["auto", "index", "letter"] = Field("auto", description="0-based index or letter")
-    shots: int = Field(0, ge=0, le=25, description="k-shot: exemplars from the dev split of the same subject")
+    dev: MCQDev | None = Field(
+        None, description="few-shot exemplars: a path in the set's layout, or {path, question, choices, answer, ..} "
+                          "in its own; none: exemplars from the test file itself, never the scored question")
+    multi: bool = Field(False, description="answers are sets of letters ('ABD', 'A,C'): exact-set accuracy and "
+                                           "per-option F1 (mcq_<name>_set_acc, _option_f1), not in mcq_acc")
+    shots: int | None = Field(None, ge=0, le=25, description="k-shot; default eval.icl_shots")
     n_per_subject: int | None = Field(None, ge=1, description="sample this many questions per subject")
     subjects: list[str] | None = Field(None, description="restrict to these subjects")
     seed: int = 0
     score: Literal["letter", "text", "text_norm"] = Field(
         "letter", description="log-likelihood of the letter, of the choice text, or of the text per character")
     template: Literal["raw", "chat"] = Field("raw", description="plain 'Answer:' prompt or the chat template")
+    language: Literal["en", "zh"] = Field("en", description="wording of the default header and answer prefix")
+    header: str | None = Field(None, description="text before the questions; {subject} is replaced")
+    answer_prefix: str | None = Field(None, description="text before the answer; default 'Answer:' / '答案：'")
+    subject_names: dict[str, str] = Field(default_factory=dict, description="subject -> wording in the header")
+    max_skipped_fraction: float = Field(
+        0.05, ge=0, le=1, description="rows that cannot be scored (reasons counted) tolerated before the trial "
+                                      "fails; the sweep refuses to start past it")
 
     @model_validator(mode="before")
     @classmethod
@@ -79,22 +152,76 @@ class MCQSet(Strict):
     def _path(cls, v: str) -> str:
         return _must_exist(v, "mcq path")
 
-    @field_validator("dev")
+    @field_validator("dev", mode="before")
     @classmethod
-    def _dev(cls, v: str | None) -> str | None:
-        return None if v is None else _must_exist(v, "mcq dev")
+    def _dev(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v  # a plain path: the set's own layout
 
-    @field_validator("choices")
+    @field_validator("header")
     @classmethod
-    def _choices(cls, v: list[str] | str) -> list[str] | str:
-        if isinstance(v, list) and not 2 <= len(v) <= 26:
-            raise ValueError("choices: give 2 to 26 columns")
+    def _header(cls, v: str | None) -> str | None:
+        unknown = sorted({m for m in _PLACEHOLDER.findall(v or "") if m != "subject"})
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                             "only {subject} is filled in")
         return v
 
     @model_validator(mode="after")
-    def _shots_need_dev(self) -> MCQSet:
-        if self.shots and not self.dev:
-            raise ValueError(f"mcq {self.name}: shots={self.shots} needs a dev split (dev: path)")
+    def _consistent(self) -> MCQSet:
+        if (self.choices is None) == (self.fixed_choices is None):
+            raise ValueError(f"mcq {self.name}: give choices (where the options are) or fixed_choices "
+                             "(the same options for every row), not both")
+        if self.multi and self.score != "letter":
+            raise ValueError(f"mcq {self.name}: multi-answer sets are scored by their letters; set score: letter")
+        return self
+
+    def layout(self, dev: bool = False) -> MCQLayout:
+        """The columns of the test split, or of the dev split (its own settings over the set's)."""
+        own = MCQLayout.model_validate(self.model_dump(include=set(MCQLayout.model_fields)))
+        if not (dev and self.dev):
+            return own
+        given = self.dev.model_dump(include=set(MCQLayout.model_fields), exclude_none=True)
+        if "choices" in given or "fixed_choices" in given:  # a dev layout's options replace the set's
+            given.setdefault("choices", None)
+            given.setdefault("fixed_choices", None)
+        return own.model_copy(update=given)
+
+    @property
+    def dev_path(self) -> str | None:
+        return self.dev.path if self.dev else None
+
+
+class PerplexitySet(Strict):
+    """A perplexity file: a path, or {path, name, fields, limit} for files in other layouts."""
+
+    path: str
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_]+$",
+                             description="metric names become ppl_<name>; default: the file name")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="canonical name -> column, as data.fields: {instruction: q, output: a}")
+    limit: int | None = Field(None, ge=1, description="first n scorable rows; default eval.perplexity_limit")
+    max_skipped_fraction: float = Field(
+        0.05, ge=0, le=1, description="rows that cannot be scored tolerated before the trial fails")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_path(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    @field_validator("fields")
+    @classmethod
+    def _canonical(cls, v: dict[str, str]) -> dict[str, str]:
+        from trainables.data.formats import CANONICAL
+
+        unknown = sorted(set(v) - set(CANONICAL))
+        if unknown:
+            raise ValueError(f"unknown field name(s) {', '.join(unknown)}; map these: {', '.join(CANONICAL)}")
+        return v
+
+    @model_validator(mode="after")
+    def _default_name(self) -> PerplexitySet:
+        if self.name is None:
+            self.name = metric_stem(self.path)
         return self
 
 
@@ -214,9 +341,12 @@ class EvalConfig(Strict):
                           "false: an evaluation needs no training pool); training trials always report it")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass (perplexity, mcq)")
     max_len: int = Field(1024, ge=16, description="longest scored sequence; longer ones lose their beginning")
-    icl_shots: int = Field(0, ge=0, le=32, description="in-context examples from the training pool (baselines)")
+    icl_shots: int = Field(0, ge=0, le=32, description="k-shot: in-context examples from the training pool in front "
+                                                        "of perplexity / eval_loss rows; also the shots of every "
+                                                        "mcq set that sets none (exemplars from its dev split)")
     icl_seed: int = 0
-    perplexity: list[str] = Field(default_factory=list, description="test files scored by perplexity")
+    perplexity: list[PerplexitySet] = Field(
+        default_factory=list, description="test files scored by perplexity: paths, or {path, fields, limit}")
     perplexity_limit: int | None = Field(None, ge=1, description="first n rows of each perplexity file")
     perplexity_every_report: bool = Field(
         False, description="score the perplexity files at every training report too (not only at the end), "
@@ -229,12 +359,13 @@ class EvalConfig(Strict):
 
     @field_validator("perplexity")
     @classmethod
-    def _ppl(cls, v: list[str]) -> list[str]:
+    def _ppl(cls, v: list[PerplexitySet]) -> list[PerplexitySet]:
         for p in v:
-            _must_exist(p, "perplexity file")
-        stems = [metric_stem(p) for p in v]
-        if len(set(stems)) != len(stems):
-            raise ValueError("perplexity files must have distinct file names (metric names are ppl_<stem>)")
+            _must_exist(p.path, "perplexity file")
+        names = [p.name for p in v]
+        if len(set(names)) != len(names):
+            raise ValueError("perplexity files must have distinct names (metric names are ppl_<name>; "
+                             "give entries a name: or distinct file names)")
         return v
 
     @field_validator("heldout")
@@ -260,12 +391,14 @@ class EvalConfig(Strict):
         names = [m.name for m in self.mcq]
         if len(set(names)) != len(names):
             raise ValueError("mcq: set names must be distinct")
-        if self.mcq_shots and any(not m.dev for m in self.mcq):
-            raise ValueError("mcq_shots needs a dev split on every mcq set")
         if self.perplexity_every_report and not self.perplexity:
             raise ValueError("perplexity_every_report needs perplexity files (eval.perplexity: [...])")
         if self.judge.enabled and not self.generate.data:
             raise ValueError("judge.enabled needs generate.data (the judge grades generated answers)")
+        metrics = self.metrics()
+        clash = sorted({m for m in metrics if metrics.count(m) > 1})
+        if clash:
+            raise ValueError(f"two evaluations would both write {', '.join(clash)}; rename a set (name: ...)")
         return self
 
     @property
@@ -274,10 +407,11 @@ class EvalConfig(Strict):
         return not self.only or bool(self.heldout)
 
     def mcq_sets(self) -> list[MCQSet]:
-        """The MCQ sets with mcq_shots applied."""
-        if self.mcq_shots is None:
-            return list(self.mcq)
-        return [m.model_copy(update={"shots": self.mcq_shots}) for m in self.mcq]
+        """The MCQ sets with their shots resolved: eval.mcq_shots, else the set's own, else eval.icl_shots."""
+        def shots(m: MCQSet) -> int:
+            return self.mcq_shots if self.mcq_shots is not None else m.shots if m.shots is not None else self.icl_shots
+
+        return [m.model_copy(update={"shots": shots(m)}) for m in self.mcq]
 
     def report_metrics(self) -> list[str]:
         """Evaluation metrics present in every training report (early stopping may use them)."""

@@ -1,25 +1,28 @@
 """Perplexity of reference answers given their prompts (prompt tokens masked, as in training).
 
-Metrics per file: loss_<stem> (mean token loss over all answer tokens, token-weighted) and
-ppl_<stem> = exp(loss_<stem>). Per-row losses go to <trial_dir>/perplexity_<stem>.jsonl.
+Metrics per set (name: the entry's name, default its file name): loss_<name> (mean token loss over all
+answer tokens, token-weighted), ppl_<name> = exp(loss_<name>) (token-weighted perplexity), ppl_mean_<name>
+(the mean of every row's own perplexity), ppl_<name>_n_scored, ppl_<name>_n_skipped and, per reason a row
+could not be read, ppl_<name>_skipped_<reason>. Per-row losses go to <trial_dir>/perplexity_<name>.jsonl.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import statistics
 from typing import TYPE_CHECKING, Any
 
-from trainables.data.formats import load_examples
+from trainables.data.formats import LoadReport, load_with_report
 from trainables.data.tokenize import IGNORE, encode
 from trainables.evaluate import EVALUATORS, EvalContext, Evaluator
 from trainables.evaluate.common import batches, icl_messages, keep_tail, pad_id, token_logprobs
-from trainables.evaluate.config import metric_stem
 from trainables.paths import atomic_write_text
 
 if TYPE_CHECKING:
     from trainables.data.formats import Example
-    from trainables.evaluate.config import EvalConfig
+    from trainables.evaluate.config import EvalConfig, PerplexitySet
 
 _NO_LIMIT = 1 << 30  # encode() cuts from the right; we cut from the left ourselves (keep_tail)
 
@@ -54,27 +57,72 @@ def score_examples(model: Any, tokenizer: Any, examples: list[Example], *, batch
     return out
 
 
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 709 else math.inf  # past float range: inf, not an OverflowError
+
+
+def _slug(reason: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_")[:40] or "other"
+
+
+def load_set(ps: PerplexitySet, limit: int | None) -> tuple[list[Example], LoadReport]:
+    """The set's scorable rows (its own column mapping; the first `limit`) and what happened to the others."""
+    return load_with_report(ps.path, "auto", f"eval.perplexity.{ps.name}.path", fields=ps.fields,
+                            limit=ps.limit or limit)
+
+
+def set_problems(ps: PerplexitySet, report: LoadReport) -> list[str]:
+    """Zero rows, or more unscorable rows than ps.max_skipped_fraction: one line naming the set and the fix."""
+    where = f"eval.perplexity.{ps.name}"
+    if report.loaded and report.n_bad <= ps.max_skipped_fraction * report.rows:
+        return []
+    fix = (f"map its columns with {where}.fields (as data.fields: {{instruction: <prompt column>, output: "
+           f"<answer column>}})")
+    if report.loaded:
+        fix += f", or raise {where}.max_skipped_fraction (now {ps.max_skipped_fraction})"
+    if not report.rows:
+        return [f"{where}: {ps.path} holds no rows"]
+    reasons = ", ".join(f"{n}x {why}" for why, n in report.bad.most_common())
+    sample = report.samples[0].replace("; set data.format / data.fields", "") if report.samples else ""
+    return [f"{where}: {report.n_bad} of {report.rows} rows of {ps.path} cannot be scored ({reasons}; "
+            f"e.g. {sample}); {fix}"]
+
+
+def set_metrics(name: str, scores: list[tuple[float, int]], report: LoadReport) -> dict[str, float]:
+    """ppl_<name>: exp(token-weighted mean loss) = exp(loss_<name>); ppl_mean_<name>: mean over rows of each
+    row's own perplexity (what courses call "mean perplexity"); counts of scored and skipped rows."""
+    nll, n = sum(s for s, _ in scores), sum(k for _, k in scores)
+    loss = nll / n if n else float("nan")
+    per_row = [_exp(s / k) for s, k in scores if k]
+    out = {f"loss_{name}": loss, f"ppl_{name}": _exp(loss) if n else float("nan"),
+           f"ppl_mean_{name}": statistics.fmean(per_row) if per_row else float("nan"),
+           f"ppl_{name}_n_scored": float(len(scores)), f"ppl_{name}_n_skipped": float(report.n_bad)}
+    out.update({f"ppl_{name}_skipped_{_slug(why)}": float(k) for why, k in report.bad.items()})
+    return out
+
+
 def run(ctx: EvalContext) -> dict[str, float]:
     cfg = ctx.cfg
     icl = icl_messages(ctx.train_pool, cfg.icl_shots, cfg.icl_seed)
     metrics: dict[str, float] = {}
-    for path in cfg.perplexity:
-        stem = metric_stem(path)
-        examples = load_examples(path, field_name="eval.perplexity")[: cfg.perplexity_limit]
+    for ps in cfg.perplexity:
+        examples, report = load_set(ps, cfg.perplexity_limit)
+        problems = set_problems(ps, report)
+        if problems:
+            raise ValueError(problems[0])
         scores = score_examples(ctx.model, ctx.tokenizer, examples, batch_size=cfg.batch_size,
                                 max_len=cfg.max_len, icl=icl)
-        nll, n = sum(s for s, _ in scores), sum(k for _, k in scores)
-        loss = nll / n if n else float("nan")
-        metrics[f"loss_{stem}"] = loss
-        metrics[f"ppl_{stem}"] = math.exp(loss) if n else float("nan")
-        rows = [json.dumps({"id": e.id, "nll": s, "tokens": k}) for e, (s, k) in zip(examples, scores, strict=True)]
-        atomic_write_text(ctx.trial_dir / f"perplexity_{stem}.jsonl", "\n".join(rows) + "\n")
+        metrics.update(set_metrics(ps.name, scores, report))
+        rows = [json.dumps({"id": e.id, "nll": s, "tokens": k, "ppl": _exp(s / k) if k else None})
+                for e, (s, k) in zip(examples, scores, strict=True)]
+        atomic_write_text(ctx.trial_dir / f"perplexity_{ps.name}.jsonl", "\n".join(rows) + "\n")
     return metrics
 
 
 def metrics(cfg: EvalConfig) -> list[str]:
-    return [f"{kind}_{metric_stem(p)}" for p in cfg.perplexity for kind in ("ppl", "loss")]
+    kinds = ("ppl_{}", "loss_{}", "ppl_mean_{}", "ppl_{}_n_scored", "ppl_{}_n_skipped")
+    return [k.format(ps.name) for ps in cfg.perplexity for k in kinds]
 
 
 EVALUATORS.register("perplexity")(Evaluator(enabled=lambda c: bool(c.perplexity), metrics=metrics, run=run,
-                                            objectives={"ppl_*": "min", "loss_*": "min"}))
+                                            objectives={"ppl_*_n_*": None, "ppl_*": "min", "loss_*": "min"}))
