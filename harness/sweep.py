@@ -125,8 +125,10 @@ def preflight(cfg: SweepConfig) -> Any:
     """Model and data must exist before anything starts. Returns the tokenizer (for the plan)."""
     from transformers import AutoTokenizer
 
+    from trainables.evaluate import input_problems
+
     problems, model_path = existence_problems(cfg.data, cfg.model.name)
-    problems += embedding_problems(cfg)
+    problems += embedding_problems(cfg) + input_problems(cfg.eval)
     if problems:
         fail(problems)
     try:

@@ -86,7 +86,7 @@ def eval_prompt_texts(paths: list[str]) -> list[str]:
     texts = []
     for path in paths:
         for row in load_prompts(path, field_name="data.decontaminate"):
-            texts.append("\n".join(m["content"] for m in row.messages if m["role"] == "user"))
+            texts.append("\n".join([m["content"] for m in row.messages if m["role"] == "user"] + row.later_turns))
     return texts
 
 

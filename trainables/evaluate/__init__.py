@@ -3,7 +3,13 @@
 Each evaluator is one module that registers an `Evaluator`: whether the config switches it on, the
 metric names it will produce (EvalConfig.metrics(), checked against search.metric before launch) and
 `run(ctx)`. They run in registration order, so the judge sees the generation's outputs.
-`run_all` is what a trial calls at its end.
+`run_all` is what a trial calls at its end; `check_inputs` what it calls at its start (and the driver's
+preflight calls `input_problems`), so that an evaluation that cannot score its data fails before training.
+
+An evaluation that cannot score what it was given raises EvalInputError (one line: the field and the
+fix). A retry would fail the same way, so run_all leaves `eval_error.txt` in the trial dir and
+check_inputs fails a retry of the same driver run at once, before it trains again; a later
+`--resume --retry-errored` (another driver run) tries again.
 """
 
 from __future__ import annotations
@@ -31,11 +37,20 @@ class EvalContext:
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. "generations" for the judge
 
 
+class EvalInputError(ValueError):
+    """An evaluation cannot score what it was given (data, references, a judge that scored nothing)."""
+
+
+def _no_problems(cfg: EvalConfig) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class Evaluator:
     enabled: Callable[[EvalConfig], bool]
     metrics: Callable[[EvalConfig], list[str]]
     run: Callable[[EvalContext], dict[str, float]]
+    check: Callable[[EvalConfig], list[str]] = _no_problems  # input problems found before any work
 
 
 class _OrderedRegistry(Registry[Evaluator]):
@@ -49,6 +64,45 @@ EVALUATORS: _OrderedRegistry = _OrderedRegistry("evaluator")
 from trainables.evaluate import generate, judge, mcq, perplexity  # noqa: E402,F401,I001
 
 
+def _active(eval_cfg: EvalConfig) -> list[Evaluator]:
+    return [EVALUATORS.get(n) for n in EVALUATORS.names_in_order() if EVALUATORS.get(n).enabled(eval_cfg)]
+
+
+def input_problems(eval_cfg: EvalConfig) -> list[str]:
+    """One line per input an enabled evaluator cannot use (the driver's preflight and check_inputs)."""
+    return [p for ev in _active(eval_cfg) for p in ev.check(eval_cfg)]
+
+
+FAILED = "eval_error.txt"  # in the trial dir: an EvalInputError and the driver run it happened in
+
+
+def _driver_run() -> str:
+    """The driver run this process works for (a retry of a trial stays in it; --resume is another)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            return f"{ctx.get_session_name()}/{ctx.get_job_id()}"
+    except Exception:  # noqa: BLE001 - outside Ray (tests, scripts) every call is its own run
+        pass
+    return ""
+
+
+def check_inputs(eval_cfg: EvalConfig, trial_dir: Path) -> None:
+    """Raise EvalInputError before a trial does any work when its evaluations cannot score their inputs,
+    or when this trial already failed so in this driver run (a retry would only fail again)."""
+    marker = Path(trial_dir) / FAILED
+    if marker.exists():
+        run, _, message = marker.read_text(encoding="utf-8").partition("\n")
+        if run and run == _driver_run():
+            raise EvalInputError(message)
+        marker.unlink(missing_ok=True)  # another driver run's failure: try again
+    problems = input_problems(eval_cfg)
+    if problems:
+        raise EvalInputError("; ".join(problems))
+
+
 def run_all(
     eval_cfg: EvalConfig,
     model: Any,
@@ -57,21 +111,33 @@ def run_all(
     train_pool: list[Example] | None = None,
 ) -> dict[str, float]:
     """Run every configured evaluator on (model, tokenizer); files go under trial_dir. {} when none is on."""
-    active = [EVALUATORS.get(n) for n in EVALUATORS.names_in_order() if EVALUATORS.get(n).enabled(eval_cfg)]
+    active = _active(eval_cfg)
     if not active:
         return {}
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    ctx = EvalContext(eval_cfg, model, tokenizer, trial_dir, train_pool)
+    try:
+        problems = input_problems(eval_cfg)  # again: the files may have changed since the trial started
+        if problems:
+            raise EvalInputError("; ".join(problems))
+        return _run(active, EvalContext(eval_cfg, model, tokenizer, trial_dir, train_pool))
+    except EvalInputError as e:
+        from trainables.paths import atomic_write_text
+
+        atomic_write_text(trial_dir / FAILED, f"{_driver_run()}\n{e}")
+        raise
+
+
+def _run(active: list[Evaluator], ctx: EvalContext) -> dict[str, float]:
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
-    was_training = bool(getattr(model, "training", False))
-    model.eval()  # dropout off: scores must not depend on the RNG
+    was_training = bool(getattr(ctx.model, "training", False))
+    ctx.model.eval()  # dropout off: scores must not depend on the RNG
     try:
         for ev in active:
             metrics.update(ev.run(ctx))
     finally:
         if was_training:
-            model.train()
+            ctx.model.train()
     metrics["eval_seconds"] = time.perf_counter() - t0
     return metrics
