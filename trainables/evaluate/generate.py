@@ -171,7 +171,7 @@ def run(ctx: EvalContext) -> dict[str, float]:
                               g.max_skipped_fraction,
                               {"too_long": f"the conversation and eval.generate.max_new_tokens ({g.max_new_tokens}) "
                                            f"exceed the model's context ({limit} tokens): lower max_new_tokens or "
-                                           "eval.icl_shots"})
+                                           "eval.icl_shots"}, done="answered")
     if problem:
         raise EvalInputError(problem)
     return m
