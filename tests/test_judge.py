@@ -343,6 +343,32 @@ def test_a_hanging_judge_costs_stall_seconds_not_every_retry(server, tmp_path):
     assert any("eval.judge.stall_seconds (3 s)" in f["error"] or "answered none" in f["error"] for f in fails)
 
 
+@pytest.mark.slow
+def test_a_sweep_whose_judge_is_down_says_so_once(tmp_path):
+    """A real eval-only sweep (Ray Tune) against a port nobody listens on: the trial is an ERROR whose
+    error names the judge and the fix, the console says it, and Ray's retry does not generate and judge
+    again (eval_error.txt: the retry fails at its start)."""
+    from conftest import read_csv, run_sweep
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_sweep("sweeps/decoding.yaml", f"output.dir={tmp_path}", "name=down", "eval.generate.limit=2",
+                     "eval.generate.max_new_tokens=4", "search.space={eval.generate.temperature: {grid: [0.0]}}",
+                     f"eval.judge.base_url=http://127.0.0.1:{port}/v1", "eval.judge.max_retries=1",
+                     "recovery.max_failures=1", "--no-report", timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    row, = read_csv(tmp_path / "down" / "results.csv")
+    assert row["status"] == "ERROR" and row["error_type"] == "EvalInputError"
+    assert row["error"].startswith(
+        f"EvalInputError: eval.judge: 0 of 2 judged answers scored (2 failed); the judge at http://127.0.0.1:{port}/v1 "
+        "did not answer (APIConnectionError: Connection error.); check that it is up"), row["error"]
+    assert out.count("judge: 0 of 2 answers scored; skipped: 2 failed") == 1, out[-3000:]
+    assert row["failures"] == "2"  # Ray's retry ran, and failed at its start
+    assert (tmp_path / "down" / "trials" / row["trial_id"] / "eval_error.txt").exists()
+
+
 # ---------------------------------------------------------------- a real llama.cpp server
 
 
@@ -391,15 +417,17 @@ def test_real_llama_cpp_judge(llama_server, tmp_path, mode):
     refs = load_prompts("eval/evol_instruct_gt.json", limit=3)
     rs = [{"id": r.id, "input": r.messages, "output": r.reference[::-1][:200] if i == 0 else r.reference,
            "reference": r.reference} for i, r in enumerate(refs)]
-    c = cfg(llama_server, model="smollm2", mode=mode, max_tokens=24, timeout=120, concurrency=2)
+    c = cfg(llama_server, model="smollm2", mode=mode, max_tokens=24, timeout=120, concurrency=2, structured=True)
     m = judge_generations(c, rs, tmp_path)
     expected = 6 if mode == "pairwise" else 3
     assert m["judge_requests"] == expected and m["judge_errors"] == 0
     assert m["judge_prompt_tokens"] > 0 and m["judge_completion_tokens"] > 0
-    # A 135M judge often ignores the format: whatever it says is parsed or recorded, never lost.
-    lines = (tmp_path / "judge_failures.jsonl").read_text().splitlines()
-    assert len(lines) == m["judge_parse_failures"]
-    assert m["judge_n"] == 0 or 1 <= m["judge_score"] <= 10
+    # llama-cpp-python's server refuses OpenAI's json_schema form and keeps to {type: json_object, schema}:
+    # even a 135M judge then gives a verdict every time.
+    assert m["judge_structured"] == 1.0 and m["judge_parse_failures"] == 0 and m["judge_n_scored"] == 3
+    assert (tmp_path / "judge_failures.jsonl").read_text() == ""
+    assert 1 <= m["judge_score"] <= 10
+    assert json.loads((tmp_path / "judge_usage.json").read_text())["response_format"] == "json_object"
     again = judge_generations(c, rs, tmp_path / "rerun")
     assert again["judge_cache_hits"] == expected  # every request answered from the cache: nothing paid twice
-    assert again["judge_score"] == m["judge_score"] or (math.isnan(again["judge_score"]) and math.isnan(m["judge_score"]))
+    assert again["judge_score"] == m["judge_score"]
