@@ -362,8 +362,9 @@ def test_a_sweep_whose_judge_is_down_says_so_once(tmp_path):
     row, = read_csv(tmp_path / "down" / "results.csv")
     assert row["status"] == "ERROR" and row["error_type"] == "EvalInputError"
     assert row["error"].startswith(
-        f"EvalInputError: eval.judge: 0 of 2 judged answers scored (2 failed); the judge at http://127.0.0.1:{port}/v1 "
-        "did not answer (APIConnectionError: Connection error.); check that it is up"), row["error"]
+        f"trainables.evaluate.EvalInputError: eval.judge: 0 of 2 judged answers scored (2 failed); the judge at "
+        f"http://127.0.0.1:{port}/v1 did not answer (APIConnectionError: Connection error.); check that it is up, "
+        "eval.judge.base_url, eval.judge.model and the key in JUDGE_API_KEY"), row["error"]
     assert out.count("judge: 0 of 2 answers scored; skipped: 2 failed") == 1, out[-3000:]
     assert row["failures"] == "2"  # Ray's retry ran, and failed at its start
     assert (tmp_path / "down" / "trials" / row["trial_id"] / "eval_error.txt").exists()
