@@ -239,3 +239,15 @@ def test_a_data_error_fails_before_any_work_and_a_judging_failure_is_not_redone(
     monkeypatch.setattr(ev, "_driver_run", lambda: "session_2/01000000")
     check_inputs(ok, tmp_path)
     assert not (tmp_path / ev.FAILED).exists()
+
+
+def test_the_driver_refuses_missing_references_before_any_trial(files):
+    from conftest import run_sweep
+
+    proc = run_sweep("sweeps/decoding.yaml", f"eval.generate.data={files['questions']}",
+                     f"eval.judge.references={files['refs']}", "--dry-run", timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: eval.judge.references: 2 of 4 judged turns have no reference in {files['refs']} (first: 81, 81 turn "
+        "2) but pairwise mode compares each answer with its reference; add them, give eval.judge.references, or set "
+        "eval.judge.mode: single"]

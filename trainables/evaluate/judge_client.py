@@ -11,7 +11,8 @@ schema-constrained verdicts where the endpoint accepts them, and a time budget p
   `response_format: {type: json_schema}` (OpenAI, llama.cpp's llama-server, vLLM), then
   `{type: json_object, schema}` (llama-cpp-python's server), then plain text; a format the endpoint
   refuses (HTTP 400/422, or an error naming response_format) or accepts without keeping to it (the reply
-  is not JSON) is passed over. The decision is kept per endpoint and model (in memory and in
+  is not JSON) is passed over. The decision is kept per endpoint and model (in memory and, unless it
+  rests on replies that were not JSON, which a reply cut by max_tokens also is, in
   cache_dir("judge")/formats.json), so it is made once.
 - Errors (connection refused, timeouts, 5xx, 429, malformed bodies) are retried with exponential
   backoff and jitter; after the last try the failure is returned as a Reply with `error` set and the
@@ -180,10 +181,10 @@ class JudgeClient:
                     pass
             return _FORMATS_SEEN.get(self._endpoint)
 
-    def _decide(self, fmt: str) -> None:
+    def _decide(self, fmt: str, persist: bool = True) -> None:
         with _LOCK:
             _FORMATS_SEEN[self._endpoint] = fmt
-            if self._dir is None:
+            if self._dir is None or not persist:
                 return
             try:
                 saved = json.loads(self._formats_file().read_text(encoding="utf-8"))
@@ -205,11 +206,14 @@ class JudgeClient:
                 self._decide(fmt)
                 return rep
             accepted = accepted or rep  # accepted, not kept to: try the next form once
-        if accepted is None:
+        if accepted is None:  # both forms refused: this endpoint takes no response_format
             accepted = self._ask(messages, "text", None)
             if accepted.error is not None:
                 return accepted
-        self._decide("text")
+            self._decide("text")
+            return accepted
+        # Accepted but not kept to: maybe ignored, maybe a reply cut by max_tokens; text for this process only.
+        self._decide("text", persist=False)
         return accepted
 
     # ------------------------------------------------------------------ requests
