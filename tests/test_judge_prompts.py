@@ -251,3 +251,10 @@ def test_the_driver_refuses_missing_references_before_any_trial(files):
         f"error: eval.judge.references: 2 of 4 judged turns have no reference in {files['refs']} (first: 81, 81 turn "
         "2) but pairwise mode compares each answer with its reference; add them, give eval.judge.references, or set "
         "eval.judge.mode: single"]
+
+
+def test_fill_is_one_pass_and_keeps_other_braces():
+    from trainables.evaluate.judge_prompts import fill
+
+    out = fill('Q={question} A={answer} json={"k": 1}', "single", {"question": "{answer}", "answer": "x"})
+    assert out == 'Q={answer} A=x json={"k": 1}'

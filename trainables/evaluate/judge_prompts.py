@@ -93,13 +93,13 @@ ALIASES = {  # other judge prompt formats' names -> ours (AlpacaEval, Prometheus
                  "response_a": "answer_a", "response_b": "answer_b"},
 }
 _NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_FAMILIES = {  # canonical placeholder -> (family, turn number or 0)
+_FAMILIES = {  # turn-numbered placeholders: (family, turn)
     "single": re.compile(r"^(question|answer|ref_answer)_([1-9][0-9]?)$"),
     "pairwise": re.compile(r"^(question|answer_a|answer_b|ref_answer)_([1-9][0-9]?)$"),
 }
 _PLAIN = {"single": ("question", "answer", "reference", "history"),
           "pairwise": ("question", "answer_a", "answer_b", "reference", "history_a", "history_b")}
-_ANSWERS = {"single": (("answer",),), "pairwise": (("answer_a",), ("answer_b",))}
+_ANSWERS = {"single": ("answer",), "pairwise": ("answer_a", "answer_b")}
 
 
 def canonical(name: str, mode: str) -> str:
@@ -109,7 +109,7 @@ def canonical(name: str, mode: str) -> str:
 def _parts(name: str, mode: str) -> tuple[str, int] | None:
     """(family, turn) of a canonical placeholder; turn 0 = the judged turn; None = not supplied."""
     if name in _PLAIN[mode]:
-        return ("question" if name == "question" else "reference" if name == "reference" else name), 0
+        return name, 0
     m = _FAMILIES[mode].match(name)
     if not m:
         return None
@@ -142,7 +142,7 @@ def template_shape(text: str, mode: str) -> Shape:
             raise ValueError(f"placeholder {{{name}}} is not supplied in {mode} mode; available: {available(mode)}")
         parts.append(p)
     families = {f for f, _ in parts}
-    need = ["question"] + [a[0] for a in _ANSWERS[mode]]
+    need = ["question", *_ANSWERS[mode]]
     missing = [f for f in need if f not in families]
     if missing:
         raise ValueError(f"a {mode} judge template must show " + " and ".join("{" + m + "}" for m in missing)
