@@ -2,13 +2,15 @@
 answers and per 10 judged answers (a real llama.cpp OpenAI-compatible server on 127.0.0.1), and the
 judge's parse-failure rate. One run, one machine; the table goes to stdout and bench/results/.
 
-    python bench/bench_eval.py [--mcq 100] [--ppl 50] [--answers 10] [--threads 1] [--no-judge]
+    python bench/bench_eval.py [--mcq 100] [--ppl 50] [--answers 10] [--threads 1] [--no-judge | --judge-only]
 
 MCQ: MMLU (5 subjects x n/5 questions), zero-shot and 5-shot, letter scoring, batch 8, as a trial's
 end-of-trial evaluation runs it. Generation: Evol-Instruct prompts, greedy, 128 new tokens, batch 8.
 Judge: the generated answers graded pairwise-with-reference (position swap: 2 requests an answer)
 and in single 1-10 mode, by the SmolLM2-135M GGUF served by llama_cpp.server (needs
-`.ci/install_llama_server.sh`), concurrency 2, cache off so that every request is paid.
+`.ci/install_llama_server.sh`), concurrency 2, cache off so that every request is paid; each mode
+once reading the text reply and once with a schema-constrained verdict (response_format), with the
+share of unparseable replies and, pairwise, the position-swap agreement.
 """
 
 from __future__ import annotations
@@ -100,17 +102,19 @@ def llama_server(threads: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("llama.cpp server did not start in 120 s")
 
 
-def judge(url: str, rows: list[dict[str, Any]], mode: str, out: Path) -> dict[str, Any]:
+def judge(url: str, rows: list[dict[str, Any]], mode: str, structured: bool, out: Path) -> dict[str, Any]:
     from trainables.evaluate.judge import judge_generations
 
     cfg = JudgeConfig(enabled=True, base_url=url, model="smollm2", mode=mode, cache=False, concurrency=2,
-                      max_tokens=48, timeout=300)
-    m, sec = timed(lambda: judge_generations(cfg, rows, out / mode))
-    failures = [json.loads(line) for line in (out / mode / "judge_failures.jsonl").read_text().splitlines()]
-    return {"what": f"judge {mode} (llama.cpp SmolLM2-135M Q4_1)", "n": len(rows), "requests": m["judge_requests"],
-            "seconds": sec, "seconds_per_10": sec / len(rows) * 10,
+                      max_tokens=48, timeout=300, structured=structured)
+    how = "schema" if structured else "text"
+    m, sec = timed(lambda: judge_generations(cfg, rows, out / f"{mode}-{how}"))
+    failures = [json.loads(line) for line in (out / f"{mode}-{how}" / "judge_failures.jsonl").read_text().splitlines()]
+    return {"what": f"judge {mode}, {how} (llama.cpp SmolLM2-135M Q4_1)", "n": len(rows),
+            "requests": m["judge_requests"], "seconds": sec, "seconds_per_10": sec / len(rows) * 10,
             "parse_failure_rate": m["judge_parse_failures"] / max(m["judge_requests"], 1),
-            "judge_score": m["judge_score"],
+            "structured": m["judge_structured"], "judge_score": m.get("judge_score"),
+            "swap_agreement": m.get("judge_swap_agreement"),
             # what an unparseable reply looks like: a weak judge, or a parser too strict?
             "failure_examples": [str(f["reply"])[:160] for f in failures if f["kind"] == "unparseable"][:3]}
 
@@ -122,6 +126,7 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=10, help="generated and judged answers")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-judge", action="store_true")
+    ap.add_argument("--judge-only", action="store_true", help="skip MCQ and perplexity (generation feeds the judge)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok, _ = load_model("smollm2-135m-instruct")
@@ -130,14 +135,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         out = Path(tmp)
         os.environ["HARNESS_CACHE_DIR"] = str(out / "cache")
-        results = [mcq(model, tok, args.mcq, 0), mcq(model, tok, args.mcq, 5), perplexity(model, tok, args.ppl)]
+        results = [] if args.judge_only else [mcq(model, tok, args.mcq, 0), mcq(model, tok, args.mcq, 5),
+                                              perplexity(model, tok, args.ppl)]
         gen, rows = generate(model, tok, args.answers, out)
         results.append(gen)
         if not args.no_judge:
             del model
             proc, url = llama_server(args.threads)
             try:
-                results += [judge(url, rows, "pairwise", out), judge(url, rows, "single", out)]
+                results += [judge(url, rows, mode, structured, out) for structured in (False, True)
+                            for mode in ("pairwise", "single")]
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
@@ -146,12 +153,15 @@ def main() -> None:
     print(f"{'what':48} {'n':>5} {'seconds':>9}  per unit")
     for r in results:
         unit = (f"{r['seconds_per_100']:.1f} s / 100" if "seconds_per_100" in r else f"{r['seconds_per_10']:.1f} s / 10")
-        extra = (f"  parse failures {r['parse_failure_rate']:.0%}" if "parse_failure_rate" in r else
+        extra = (f"  parse failures {r['parse_failure_rate']:.1%}" if "parse_failure_rate" in r else
                  f"  acc {r['acc']:.3f}" if "acc" in r else "")
+        if r.get("swap_agreement") is not None:
+            agree = r["swap_agreement"]
+            extra += f"  swap agreement {agree:.0%}" if agree == agree else "  swap agreement n/a (no pair read)"
         print(f"{r['what']:48} {r['n']:>5} {r['seconds']:>9.1f}  {unit}{extra}")
     for r in results:
         for ex in r.get("failure_examples", []):
-            print(f"  unparseable ({r['what'].split()[1]}): {ex!r}")
+            print(f"  unparseable ({r['what'].split(' (')[0]}): {ex!r}")
     dest = REPO / "bench" / "results" / f"bench_eval-{time.strftime('%Y%m%d-%H%M%S')}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))

@@ -128,8 +128,7 @@ def preflight(cfg: SweepConfig) -> Any:
     from transformers import AutoTokenizer
 
     problems, model_path = existence_problems(cfg.data, cfg.model.name)
-    problems += embedding_problems(cfg)
-    problems += eval_data_problems(cfg)
+    problems += embedding_problems(cfg) + eval_input_problems(cfg)
     if problems:
         fail(problems)
     try:
@@ -139,19 +138,21 @@ def preflight(cfg: SweepConfig) -> Any:
               "check the id, the network, or use a local directory"])
 
 
-def eval_data_problems(cfg: SweepConfig) -> list[str]:
-    """MCQ sets and perplexity files that cannot be scored as configured, at the base settings and at every
-    searched level of an eval setting that changes what is read (eval.mcq*, eval.perplexity*, eval.icl_shots)."""
+def eval_input_problems(cfg: SweepConfig) -> list[str]:
+    """Evaluation inputs that cannot be scored as configured (MCQ sets, perplexity files, generation
+    prompts, judge prompts and references), at the base settings and at every searched level of an eval
+    setting that changes what is read."""
     from harness.config import SweepConfig
     from harness.space import resolve
-    from trainables.evaluate import data_problems
+    from trainables.evaluate import input_problems
 
     base = cfg.model_dump(mode="json")
     variants = [cfg.eval]
     for path, p in cfg.search.space.items():
-        if path.startswith(("eval.mcq", "eval.perplexity", "eval.icl_shots")) and p.kind in ("grid", "choice"):
+        if path.startswith(("eval.mcq", "eval.perplexity", "eval.icl_shots", "eval.generate", "eval.judge")) \
+                and p.kind in ("grid", "choice"):
             variants += [SweepConfig.model_validate(resolve(base, {path: v}, {})).eval for v in p.grid or p.choice]
-    return data_problems(*variants)
+    return input_problems(*variants)
 
 
 def diversity_embeddings(cfg: SweepConfig) -> list[tuple[str, str]]:

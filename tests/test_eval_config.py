@@ -79,8 +79,10 @@ def test_invalid_values_are_rejected(raw, fragment):
 def test_custom_template_must_fit_the_mode(tmp_path):
     bad = tmp_path / "t.txt"
     bad.write_text("Rate this: {answer}")
-    with pytest.raises(ValidationError, match="must contain"):
+    with pytest.raises(ValidationError, match=r"placeholder \{answer\} is not supplied in pairwise mode"):
         EvalConfig.model_validate({"judge": {"template": str(bad)}})
+    with pytest.raises(ValidationError, match=r"a single judge template must show \{question\}"):
+        EvalConfig.model_validate({"judge": {"template": str(bad), "mode": "single"}})
     good = tmp_path / "g.txt"
     good.write_text("Q: {question}\nA: {answer}\nGive 'Rating: N'. JSON like {\"a\": 1} is fine.")
     assert EvalConfig.model_validate({"judge": {"template": str(good), "mode": "single"}}).judge.template

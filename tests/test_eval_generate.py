@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trainables.evaluate import run_all
+from trainables.evaluate import EvalInputError, input_problems, run_all
 from trainables.evaluate.config import EvalConfig, GenerateConfig
 from trainables.evaluate.generate import decoding_kwargs, generate_rows
 from trainables.evaluate.prompts import load_prompts
@@ -93,3 +93,58 @@ def test_in_context_examples_reach_the_prompt(model_tok):
     msgs = build_messages(row, icl_messages(pool, 3, seed=0), system="Be brief.")
     assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * 3 + ["user"]
     assert msgs[-1] == row.messages[-1]
+
+
+def test_two_turn_questions_are_answered_turn_by_turn(model_tok, tmp_path):
+    """MT-bench's question.jsonl: the second turn is answered with the model's own first answer in context."""
+    model, tok = model_tok
+    data = tmp_path / "question.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question_id": 81, "category": "writing", "turns": ["Name a fruit.", "Now name a colour."]},
+        {"question_id": 82, "category": "writing", "turns": ["Say hello."]},
+    ]))
+    rows = load_prompts(str(data))
+    assert [r.turns for r in rows] == [2, 1] and rows[0].later_turns == ["Now name a colour."]
+    g = GenerateConfig(max_new_tokens=6, batch_size=2)
+    gens = generate_rows(model, tok, rows, g)
+    two = gens[0]
+    assert two["turns"] == ["Name a fruit.", "Now name a colour."] and len(two["outputs"]) == 2
+    assert two["output"] == two["outputs"][0] and "turns" not in gens[1]
+    # the same second answer as generating from the conversation written out by hand
+    by_hand = load_prompts(str(data))[0]
+    by_hand.messages = [{"role": "user", "content": "Name a fruit."},
+                        {"role": "assistant", "content": two["outputs"][0]},
+                        {"role": "user", "content": "Now name a colour."}]
+    by_hand.later_turns = []
+    assert generate_rows(model, tok, [by_hand], GenerateConfig(max_new_tokens=6, batch_size=1))[0]["output"] == \
+        two["outputs"][1]
+    cfg = EvalConfig(generate={"data": str(data), "max_new_tokens": 6})
+    m = run_all(cfg, model, tok, tmp_path / "trial")
+    assert m["gen_n"] == 2 and m["gen_answers"] == 3 and m["gen_n_skipped"] == 0
+    pred = json.loads((tmp_path / "trial" / "pred.json").read_text())
+    assert [x["role"] for x in pred["81"]["input"]] == ["user", "assistant", "user"]
+    assert pred["81"]["input"][1]["content"] == json.loads(
+        (tmp_path / "trial" / "generations.jsonl").read_text().splitlines()[0])["outputs"][0]
+
+
+def test_turns_past_the_context_are_counted_and_fail_the_trial(model_tok, tmp_path):
+    model, tok = model_tok
+    cfg = EvalConfig(generate={"data": "eval/vicuna_question.jsonl", "limit": 2, "max_new_tokens": 8192})
+    with pytest.raises(EvalInputError) as e:  # 8192 new tokens leave no room for any prompt in 8192 positions
+        run_all(cfg, model, tok, tmp_path)
+    assert str(e.value) == (
+        "eval.generate: 0 of 2 turns answered (2 too long); the conversation and eval.generate.max_new_tokens (8192) "
+        "exceed the model's context (8192 tokens): lower max_new_tokens or eval.icl_shots")
+    rows = [json.loads(x) for x in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert [r["unanswered_turns"] for r in rows] == [1, 1]
+
+
+def test_an_unreadable_prompt_row_names_the_field_file_and_row(tmp_path):
+    bad = tmp_path / "qs.jsonl"
+    bad.write_text('{"id": 1, "prompt": "fine"}\n{"id": 2, "body": "no prompt here"}\n')
+    with pytest.raises(ValueError) as e:
+        load_prompts(str(bad))
+    assert str(e.value) == ("eval.generate.data: row 2 of qs.jsonl: fields ['body', 'id'] fit no prompt layout (read: "
+                            "prompt/text/question/query/input, instruction (+input/output), conversations or "
+                            "messages, or MT-bench's turns)")
+    assert input_problems(EvalConfig(generate={"data": str(bad)})) == [str(e.value)]

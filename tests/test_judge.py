@@ -1,5 +1,6 @@
 """LLM judge against OpenAI-compatible servers on 127.0.0.1 only: a tiny scripted http.server (good,
-junk, garbage, slow, failing, down) and a real llama.cpp server with the SmolLM2 GGUF."""
+junk, garbage, slow, failing, down; keeping to a JSON schema, refusing one, ignoring it) and a real
+llama.cpp server with the SmolLM2 GGUF."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from trainables.evaluate.config import JudgeConfig
+import trainables.evaluate.judge_client as judge_client
+from trainables.evaluate import EvalContext, EvalInputError
+from trainables.evaluate.config import EvalConfig, JudgeConfig
 from trainables.evaluate.judge import judge_generations
+from trainables.evaluate.judge import run as judge_run
 from trainables.evaluate.judge_client import JudgeClient
 
 SECRET = "sk-test-secret-never-written-0123456789"
@@ -28,6 +32,15 @@ SECRET = "sk-test-secret-never-written-0123456789"
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
+    monkeypatch.setattr(judge_client, "_FORMATS_SEEN", {})  # what an endpoint keeps to: found out per test
+
+
+def schema_reply(schema: dict) -> str:
+    """What a server that keeps to the schema answers: the scripted scores as the schema's JSON."""
+    keys = list(schema["properties"])
+    if keys == ["verdict"]:
+        return json.dumps({"verdict": "A"})
+    return json.dumps(dict(zip(keys, [9, 3][: len(keys)] if len(keys) == 2 else [7], strict=True)))
 
 
 class Scripted(BaseHTTPRequestHandler):
@@ -39,13 +52,19 @@ class Scripted(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - http.server's naming
         srv = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        rf = body.get("response_format")
         with srv.lock:
+            for name, default in (("accepts", {"json_schema", "json_object"}), ("keeps_to", set()), ("formats", []),
+                                  ("reply_for", {})):
+                if not hasattr(srv, name):  # servers set up elsewhere (test_reliability.py) with the old fields
+                    setattr(srv, name, default)
             srv.calls += 1
             n = srv.calls
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
             srv.auth.add(self.headers.get("Authorization", ""))
             srv.prompts.append(body["messages"][-1]["content"])
+            srv.formats.append(rf["type"] if rf else "text")
         try:
             time.sleep(srv.delay)
             mode = srv.mode if n > srv.fail_first else "ok"
@@ -55,7 +74,13 @@ class Scripted(BaseHTTPRequestHandler):
                 return self._send(200, b"<html>definitely not json", "text/html")
             if mode == "error500":
                 return self._send(500, json.dumps({"error": {"message": "boom"}}).encode(), "application/json")
+            if rf and rf["type"] not in srv.accepts:  # as llama-cpp-python answers an unknown response_format
+                return self._send(422, json.dumps({"detail": [{"msg": f"bad response_format {rf['type']}"}]}).encode(),
+                                  "application/json")
             text = srv.reply if mode == "ok" else "I would rather not say."
+            text = next((r for key, r in srv.reply_for.items() if key in body["messages"][-1]["content"]), text)
+            if rf and rf["type"] in srv.keeps_to:
+                text = schema_reply(rf["json_schema"]["schema"] if rf["type"] == "json_schema" else rf["schema"])
             resp = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": text}}],
@@ -83,6 +108,8 @@ def server():
     srv.lock = threading.Lock()
     srv.calls, srv.in_flight, srv.max_in_flight, srv.fail_first = 0, 0, 0, 0
     srv.mode, srv.reply, srv.delay, srv.auth, srv.prompts = "ok", "9 3\nThe first one is better.", 0.0, set(), []
+    # response_format types it accepts (others: 422) and keeps to (the reply is the schema's JSON)
+    srv.accepts, srv.keeps_to, srv.formats, srv.reply_for = {"json_schema", "json_object"}, set(), [], {}
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
@@ -98,7 +125,7 @@ def rows(n=3):
 
 def cfg(url, **kw) -> JudgeConfig:
     base = {"enabled": True, "base_url": url, "model": "judge", "api_key_env": "JUDGE_TEST_KEY",
-            "backoff": 0.01, "backoff_max": 0.05, "max_retries": 2, "timeout": 5}
+            "backoff": 0.01, "backoff_max": 0.05, "max_retries": 2, "timeout": 5, "structured": False}
     return JudgeConfig.model_validate({**base, **kw})
 
 
@@ -112,7 +139,7 @@ def test_pairwise_swap_cancels_position_bias_and_rerun_is_free(server, tmp_path)
     m = judge_generations(c, rows(3), tmp_path)
     assert server.calls == 6 and m["judge_requests"] == 6
     assert m["judge_score"] == 6.0 and m["judge_ref_score"] == 6.0 and m["judge_win_rate"] == 0.5
-    assert m["judge_parse_failures"] == 0 and m["judge_errors"] == 0 and m["judge_n"] == 3
+    assert m["judge_parse_failures"] == 0 and m["judge_errors"] == 0 and m["judge_n_scored"] == 3
     assert m["judge_prompt_tokens"] == 600 and m["judge_completion_tokens"] == 30
     assert m["judge_cost_usd"] == pytest.approx((600 * 1.0 + 30 * 2.0) / 1e6)
     assert server.auth == {f"Bearer {SECRET}"}  # the key came from the named env var ...
@@ -147,8 +174,8 @@ def test_single_mode_and_custom_template(server, tmp_path):
 def test_unparseable_replies_are_recorded(server, tmp_path):
     server.mode = "junk"
     m = judge_generations(cfg(server.url), rows(2), tmp_path)
-    assert m["judge_parse_failures"] == 4 and m["judge_errors"] == 0 and m["judge_n"] == 0
-    assert math.isnan(m["judge_score"])
+    assert m["judge_parse_failures"] == 4 and m["judge_errors"] == 0 and m["judge_n_scored"] == 0
+    assert m["judge_skipped_unparseable"] == 2 and m["judge_n_skipped"] == 2 and math.isnan(m["judge_score"])
     fails = [json.loads(x) for x in (tmp_path / "judge_failures.jsonl").read_text().splitlines()]
     assert {f["kind"] for f in fails} == {"unparseable"} and fails[0]["reply"] == "I would rather not say."
 
@@ -156,7 +183,12 @@ def test_unparseable_replies_are_recorded(server, tmp_path):
 def test_garbage_body_is_retried_then_recorded(server, tmp_path):
     server.mode = "garbage"
     m = judge_generations(cfg(server.url, max_retries=2, concurrency=1), rows(2), tmp_path)
-    assert m["judge_errors"] == 4 and server.calls == 4 * 3  # every request: 1 try + 2 retries
+    # 1 try + 2 retries for the first two requests; with none answered, the other two are not sent
+    assert m["judge_errors"] == 4 and server.calls == 2 * 3 and m["judge_skipped_failed"] == 2
+    fails = [json.loads(x) for x in (tmp_path / "judge_failures.jsonl").read_text().splitlines()]
+    assert [f["sent"] for f in fails] == [True, True, False, False]
+    assert fails[-1]["error"].startswith("not sent: the judge failed the first 2 requests and answered none "
+                                         "(MalformedReply")
     assert not list((tmp_path / "cache").rglob("*.json"))  # failures are not cached
 
 
@@ -166,7 +198,7 @@ def test_transient_errors_back_off_exponentially_and_recover(server, tmp_path):
     c = cfg(server.url, backoff=1.0, backoff_max=100, max_retries=3, concurrency=1)
     client = JudgeClient(c, sleep=delays.append)
     m = judge_generations(c, rows(1), tmp_path, client=client)
-    assert m["judge_errors"] == 0 and m["judge_n"] == 1 and server.calls == 4
+    assert m["judge_errors"] == 0 and m["judge_n_scored"] == 1 and server.calls == 4
     assert len(delays) == 2 and 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0  # 1 s, 2 s with jitter
 
 
@@ -174,7 +206,7 @@ def test_slow_server_times_out_and_the_run_goes_on(server, tmp_path):
     server.delay = 1.5
     t0 = time.perf_counter()
     m = judge_generations(cfg(server.url, timeout=0.2, max_retries=1, swap=False), rows(2), tmp_path)
-    assert m["judge_errors"] == 2 and m["judge_n"] == 0
+    assert m["judge_errors"] == 2 and m["judge_n_scored"] == 0
     assert time.perf_counter() - t0 < 5
     fails = (tmp_path / "judge_failures.jsonl").read_text()
     assert "Timeout" in fails
@@ -199,8 +231,148 @@ def test_rows_without_reference_are_skipped_in_pairwise(server, tmp_path):
     rs = rows(2)
     rs[1]["reference"] = None
     m = judge_generations(cfg(server.url), rs, tmp_path)
-    assert m["judge_requests"] == 2 and m["judge_n"] == 1
+    assert m["judge_requests"] == 2 and m["judge_n_scored"] == 1 and m["judge_skipped_no_reference"] == 1
     assert json.loads((tmp_path / "judge_usage.json").read_text())["skipped_without_reference"] == 1
+
+
+# ---------------------------------------------------------------- structured verdicts
+
+
+def test_a_schema_constrained_verdict_where_the_endpoint_keeps_to_it(server, tmp_path):
+    server.keeps_to = {"json_schema"}
+    server.reply = "no verdict in this text"  # what the judge would say without the schema
+    m = judge_generations(cfg(server.url, structured=True), rows(2), tmp_path)
+    assert server.formats == ["json_schema"] * 4 and server.calls == 4  # found out with the first request
+    assert m["judge_structured"] == 1.0 and m["judge_parse_failures"] == 0 and m["judge_score"] == 6.0
+    formats = json.loads((tmp_path / "cache" / "judge" / "formats.json").read_text())
+    assert formats == {f"{server.url}|judge": "json_schema"}
+
+
+def test_an_endpoint_refusing_json_schema_gets_json_object_once_decided(server, tmp_path, monkeypatch):
+    server.accepts = server.keeps_to = {"json_object"}  # llama-cpp-python's server: 422 for json_schema
+    server.reply = "no verdict in this text"
+    m = judge_generations(cfg(server.url, structured=True, mode="single"), rows(3), tmp_path)
+    assert server.formats == ["json_schema", "json_object", "json_object", "json_object"]
+    assert m["judge_structured"] == 1.0 and m["judge_score"] == 7.0 and m["judge_errors"] == 0
+    # another process (another trial's worker) reads the decision: no refused request again
+    monkeypatch.setattr(judge_client, "_FORMATS_SEEN", {})
+    judge_generations(cfg(server.url, structured=True, mode="single", cache=True), rows(4), tmp_path / "b")
+    assert server.formats[4:] == ["json_object"]  # rows 0-2 answered from the reply cache, row 3 asked
+
+
+def test_endpoints_that_refuse_or_ignore_response_format_are_read_as_text(server, tmp_path):
+    server.accepts = set()  # refuses both forms
+    m = judge_generations(cfg(server.url, structured=True), rows(2), tmp_path)
+    assert server.formats == ["json_schema", "json_object", "text", "text", "text", "text"]
+    assert m["judge_structured"] == 0.0 and m["judge_score"] == 6.0 and m["judge_errors"] == 0
+    server.accepts, server.formats = {"json_schema", "json_object"}, []  # accepts both, keeps to neither
+    other = cfg(server.url.replace("127.0.0.1", "localhost"), structured=True)
+    m = judge_generations(other, rows(2), tmp_path / "ignored")
+    assert server.formats == ["json_schema", "json_object", "text", "text", "text"]
+    assert m["judge_score"] == 6.0 and m["judge_parse_failures"] == 0
+
+
+# ---------------------------------------------------------------- verdicts, swap agreement, turns
+
+
+def test_ab_verdicts_and_swap_agreement(server, tmp_path):
+    prompts = tmp_path / "judge_prompts.jsonl"
+    prompts.write_text(json.dumps({
+        "name": "pair-v2", "type": "pairwise", "system_prompt": 'Say "[[A]]", "[[B]]" or "[[C]]" for a tie.',
+        "prompt_template": "{question}\n[A]\n{answer_a}\n[B]\n{answer_b}", "output_format": "[[A]]"}) + "\n")
+    c = cfg(server.url, template=str(prompts), prompt="pair-v2", cache=False)
+    server.reply = "A is better. [[A]]"  # always the first position: the orders never agree
+    m = judge_generations(c, rows(2), tmp_path / "a")
+    assert m["judge_win_rate"] == 0.5 and m["judge_swap_agreement"] == 0.0 and m["judge_swap_pairs"] == 2
+    assert "judge_score" not in m and m["judge_n_scored"] == 2
+    server.reply_for = {"[A]\nmodel answer 0": "[[A]]", "[B]\nmodel answer 0": "[[B]]",  # row 0: the model, twice
+                        "[A]\nreference answer 1": "[[C]]", "[B]\nreference answer 1": "[[C]]"}  # row 1: ties
+    m = judge_generations(c, rows(2), tmp_path / "b")
+    assert m["judge_win_rate"] == 0.75 and m["judge_swap_agreement"] == 1.0
+
+
+def test_each_turn_of_a_two_turn_question_is_judged(server, tmp_path):
+    server.reply_for = {"next question": "Rating: [[4]]"}  # the built-in prompt of a later turn
+    server.reply = "Rating: [[8]]"
+    two = [{"id": "81", "input": [{"role": "user", "content": "Q1"}], "output": "A1", "turns": ["Q1", "Q2"],
+            "outputs": ["A1", "A2"], "reference": None, "references": [None, None]}]
+    m = judge_generations(cfg(server.url, mode="single"), two, tmp_path)
+    assert m["judge_score_turn_1"] == 8.0 and m["judge_score_turn_2"] == 4.0 and m["judge_score"] == 6.0
+    later, = [p for p in server.prompts if "next question" in p]  # requests run concurrently: in any order
+    assert later.startswith("[The conversation so far]\n### User:\nQ1\n\n### Assistant:\nA1\n\n"
+                            "[The user's next question]\nQ2")
+
+
+# ---------------------------------------------------------------- a trial's judge: usable, or an error
+
+
+def trial_judge(url: str, tmp_path: Path, gens: list[dict], **kw) -> dict:
+    ev = EvalConfig.model_validate({"generate": {"data": "eval/evol_instruct_gt.json"},
+                                    "judge": cfg(url, **kw).model_dump()})
+    return judge_run(EvalContext(ev, None, None, tmp_path, shared={"generations": gens}))
+
+
+def test_a_judge_that_scores_nothing_or_too_little_fails_the_trial(server, tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(EvalInputError) as e:
+        trial_judge(url, tmp_path / "down", rows(2), max_retries=1)
+    assert str(e.value) == (
+        f"eval.judge: 0 of 2 judged answers scored (2 failed); the judge at {url} did not answer "
+        "(APIConnectionError: Connection error.); check that it is up, eval.judge.base_url, eval.judge.model and "
+        "the key in JUDGE_TEST_KEY")
+    assert "judge: 0 of 2 answers scored; skipped: 2 failed" in capsys.readouterr().out  # said on the console
+    server.reply_for = {"Question 2?": "no idea"}
+    with pytest.raises(EvalInputError) as e:
+        trial_judge(server.url, tmp_path / "junk", rows(3))
+    assert str(e.value) == (
+        "eval.judge: 2 of 3 judged answers scored (1 unparseable, more than eval.judge.max_skipped_fraction (0.1) "
+        f"allows); the judge's replies hold no verdict ({tmp_path / 'junk' / 'judge_failures.jsonl'}): use a "
+        "stronger eval.judge.model, a prompt whose output format it follows, or an endpoint that accepts "
+        "response_format (eval.judge.structured: true)")
+    m = trial_judge(server.url, tmp_path / "allowed", rows(3), max_skipped_fraction=0.5)
+    assert m["judge_n_scored"] == 2 and m["judge_skipped_unparseable"] == 1
+
+
+def test_a_hanging_judge_costs_stall_seconds_not_every_retry(server, tmp_path):
+    server.delay = 4.0
+    t0 = time.perf_counter()
+    # Without the budget: 8 requests x 5 attempts x 2 s, 4 at a time = 20 s; with it, about 3 s.
+    m = judge_generations(cfg(server.url, timeout=2, max_retries=4, stall_seconds=3, swap=False), rows(8), tmp_path)
+    assert time.perf_counter() - t0 < 12
+    assert m["judge_errors"] == 8 and m["judge_skipped_failed"] == 8
+    fails = [json.loads(x) for x in (tmp_path / "judge_failures.jsonl").read_text().splitlines()]
+    assert sum(not f["sent"] for f in fails) >= 4
+    assert any("eval.judge.stall_seconds (3 s)" in f["error"] or "answered none" in f["error"] for f in fails)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_judge_is_down_says_so_once(tmp_path):
+    """A real eval-only sweep (Ray Tune) against a port nobody listens on: the trial is an ERROR whose
+    error names the judge and the fix, the console says it, and Ray's retry does not generate and judge
+    again (eval_error.txt: the retry fails at its start)."""
+    from conftest import read_csv, run_sweep
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_sweep("sweeps/decoding.yaml", f"output.dir={tmp_path}", "name=down", "eval.generate.limit=2",
+                     "eval.generate.max_new_tokens=4", "search.space={eval.generate.temperature: {grid: [0.0]}}",
+                     f"eval.judge.base_url=http://127.0.0.1:{port}/v1", "eval.judge.max_retries=1",
+                     "recovery.max_failures=1", "--no-report", timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    row, = read_csv(tmp_path / "down" / "results.csv")
+    assert row["status"] == "ERROR" and row["error_type"] == "EvalInputError"
+    assert row["error"].startswith(
+        f"trainables.evaluate.EvalInputError: eval.judge: 0 of 2 judged answers scored (2 failed); the judge at "
+        f"http://127.0.0.1:{port}/v1 did not answer (APIConnectionError: Connection error.); check that it is up, "
+        "eval.judge.base_url, eval.judge.model and the key in JUDGE_API_KEY"), row["error"]
+    assert out.count("judge: 0 of 2 answers scored; skipped: 2 failed") == 1, out[-3000:]
+    assert row["failures"] == "2"  # Ray's retry ran, and failed at its start
+    assert (tmp_path / "down" / "trials" / row["trial_id"] / "eval_error.txt").exists()
 
 
 # ---------------------------------------------------------------- a real llama.cpp server
@@ -251,15 +423,17 @@ def test_real_llama_cpp_judge(llama_server, tmp_path, mode):
     refs = load_prompts("eval/evol_instruct_gt.json", limit=3)
     rs = [{"id": r.id, "input": r.messages, "output": r.reference[::-1][:200] if i == 0 else r.reference,
            "reference": r.reference} for i, r in enumerate(refs)]
-    c = cfg(llama_server, model="smollm2", mode=mode, max_tokens=24, timeout=120, concurrency=2)
+    c = cfg(llama_server, model="smollm2", mode=mode, max_tokens=24, timeout=120, concurrency=2, structured=True)
     m = judge_generations(c, rs, tmp_path)
     expected = 6 if mode == "pairwise" else 3
     assert m["judge_requests"] == expected and m["judge_errors"] == 0
     assert m["judge_prompt_tokens"] > 0 and m["judge_completion_tokens"] > 0
-    # A 135M judge often ignores the format: whatever it says is parsed or recorded, never lost.
-    lines = (tmp_path / "judge_failures.jsonl").read_text().splitlines()
-    assert len(lines) == m["judge_parse_failures"]
-    assert m["judge_n"] == 0 or 1 <= m["judge_score"] <= 10
+    # llama-cpp-python's server refuses OpenAI's json_schema form and keeps to {type: json_object, schema}:
+    # even a 135M judge then gives a verdict every time.
+    assert m["judge_structured"] == 1.0 and m["judge_parse_failures"] == 0 and m["judge_n_scored"] == 3
+    assert (tmp_path / "judge_failures.jsonl").read_text() == ""
+    assert 1 <= m["judge_score"] <= 10
+    assert json.loads((tmp_path / "judge_usage.json").read_text())["response_format"] == "json_object"
     again = judge_generations(c, rs, tmp_path / "rerun")
     assert again["judge_cache_hits"] == expected  # every request answered from the cache: nothing paid twice
-    assert again["judge_score"] == m["judge_score"] or (math.isnan(again["judge_score"]) and math.isnan(m["judge_score"]))
+    assert again["judge_score"] == m["judge_score"]

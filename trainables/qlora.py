@@ -177,6 +177,9 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     nan_marker = trial_dir / "nan_loss.txt"
     if nan_marker.exists():  # a retry would train into the same NaN again: fail at once, same message
         raise FloatingPointError(nan_marker.read_text(encoding="utf-8"))
+    from trainables.evaluate import check_inputs
+
+    check_inputs(cfg.eval, trial_dir)  # evaluations that cannot score their inputs fail before training
     res = cfg.resources
     torch.set_num_threads(max(1, int(res.cpus_per_trial / res.workers_per_trial)))
     seed_everything(tc.seed)

@@ -91,7 +91,7 @@ def eval_prompt_texts(paths: list[str], fields: dict[str, dict[str, str]] | None
             texts += [e.prompt_text for e in load_examples(path, field_name="data.decontaminate", fields=fields[path])]
             continue
         for row in load_prompts(path, field_name="data.decontaminate"):
-            texts.append("\n".join(m["content"] for m in row.messages if m["role"] == "user"))
+            texts.append("\n".join([m["content"] for m in row.messages if m["role"] == "user"] + row.later_turns))
     return texts
 
 

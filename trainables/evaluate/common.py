@@ -95,3 +95,21 @@ def icl_messages(pool: list[Example] | None, k: int, seed: int) -> list[dict[str
     for e in shots:
         out += [m for m in e.messages if m["role"] != "system"][-2:]  # last user turn + its answer
     return out
+
+
+def skipped_problem(field: str, what: str, total: int, skipped: dict[str, int], max_fraction: float,
+                    fixes: dict[str, str], done: str = "scored") -> str | None:
+    """One line when nothing was scored, or more than `max_fraction` of `total` was skipped: the counts by
+    reason and the fix for the commonest one (`fixes` by reason); None when the evaluation is usable."""
+    n_skipped = sum(skipped.values())
+    if total and n_skipped == 0:
+        return None
+    if total and n_skipped <= max_fraction * total:
+        return None
+    reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(skipped.items(), key=lambda x: -x[1]) if n)
+    top = max(skipped, key=lambda r: skipped[r]) if n_skipped else None
+    scored = total - n_skipped
+    head = f"{field}: {scored} of {total} {what} {done}" if total else f"{field}: nothing to score"
+    limit = "" if scored == 0 else f", more than {field}.max_skipped_fraction ({max_fraction:g}) allows"
+    fix = fixes.get(top, "") if top else ""
+    return f"{head} ({reasons}{limit}){'; ' + fix if fix else ''}"

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trainables.data.config import Strict
 from trainables.paths import find_data
+
+if TYPE_CHECKING:
+    from trainables.evaluate.judge_prompts import PromptSet
 
 
 def _must_exist(path: str, what: str) -> str:
@@ -26,6 +30,14 @@ def _must_exist(path: str, what: str) -> str:
         raise ValueError(f"{what} {path!r} not found (relative paths are looked up under HARNESS_DATA_DIR, "
                          "the working directory and ../shared/data)")
     return path
+
+
+def field_error(model: str, field: str, message: str) -> ValidationError:
+    """A validation error located at `field` of the model, raised from a model validator (cross-field
+    checks would otherwise be reported at the section, not at the key to fix)."""
+    detail = InitErrorDetails(type=PydanticCustomError("value_error", "{msg}", {"msg": message}), loc=(field,),
+                              input=None)
+    return ValidationError.from_exception_data(model, [detail])
 
 
 def metric_stem(path: str) -> str:
@@ -228,8 +240,12 @@ class PerplexitySet(Strict):
 class GenerateConfig(Strict):
     """Generation on a prompt set (pred.json in the trial dir); the judge grades these outputs."""
 
-    data: str | None = Field(None, description="prompt file (alpaca/conversations/messages/prompt rows); None = off")
+    data: str | None = Field(None, description="prompt file (alpaca/conversations/messages/prompt rows; MT-bench "
+                                               "question.jsonl: every turn answered in order); None = off")
     limit: int | None = Field(None, ge=1, description="first n prompts only")
+    max_skipped_fraction: float = Field(
+        0.1, ge=0, le=1, description="more turns than this share left unanswered (the conversation no longer fits "
+                                     "the model's context) fail the trial")
     temperature: float = Field(0.0, ge=0, le=5, description="0 = greedy")
     top_k: int = Field(50, ge=0, description="0 = no top-k filter")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -264,20 +280,43 @@ class JudgeConfig(Strict):
     """LLM judge through any OpenAI-compatible endpoint. The API key is read from the env var named here."""
 
     enabled: bool = False
-    mode: Literal["pairwise", "single"] = Field(
-        "pairwise", description="pairwise: answer vs reference, two 1-10 scores; single: one 1-10 grade")
+    mode: Literal["pairwise", "single"] | None = Field(
+        None, description="pairwise: answer vs reference; single: one 1-10 grade. Default: the named prompt's "
+                          "type, else pairwise")
     base_url: str = Field("https://api.openai.com/v1", pattern=r"^https?://")
     model: str = Field("gpt-4o-mini", min_length=1)
     api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the env var holding the key (never the key)")
-    template: str | None = Field(None, description="custom prompt template file ({question}, {answer}, ...)")
-    references: str | None = Field(None, description="reference answers by id; default: generate.data's answers")
+    template: str | None = Field(
+        None, description="a prompt template file ({question}, {answer}, ...), or a JSONL of named prompts "
+                          "(MT-bench judge_prompts.jsonl) from which `prompt` picks one")
+    prompt: str | None = Field(None, description="name of the prompt in `template` (e.g. single-v1); its "
+                                                 "'<name>-multi-turn' prompt, if any, judges later turns")
+    reference_prompt: str | None = Field(
+        None, description="name of the prompt for questions that have a reference (e.g. single-math-v1)")
+    system: str | None = Field(None, description="system prompt; default: the named prompt's, else a built-in one; "
+                                                 "'' sends none")
+    output_format: Literal["[[A]]", "[[rating]]", "[[rating_a,rating_b]]"] | None = Field(
+        None, description="the verdict asked for; default: the named prompt's output_format, else [[A]] when the "
+                          "template asks for [[A]]/[[B]], else two scores (pairwise) or a rating (single)")
+    structured: bool = Field(True, description="ask for a JSON-schema-constrained verdict where the endpoint "
+                                               "accepts response_format; text parsing otherwise")
+    references: str | None = Field(
+        None, description="reference answers by id (MT-bench reference_answer/*.jsonl: question_id + "
+                          "choices[0].turns; or id + reference/answer/output); default: generate.data's answers")
     swap: bool = Field(True, description="pairwise: judge both orders and average (cancels position bias)")
     limit: int | None = Field(None, ge=1, description="judge the first n outputs only")
+    max_skipped_fraction: float = Field(
+        0.1, ge=0, le=1, description="more judged answers than this share without a verdict (no reference, "
+                                     "unparseable reply, failed request) fail the trial")
     concurrency: int = Field(4, ge=1, le=64)
     max_retries: int = Field(4, ge=0, le=20)
     backoff: float = Field(1.0, gt=0, description="seconds before the first retry; doubles each retry")
     backoff_max: float = Field(30.0, gt=0)
     timeout: float = Field(60.0, gt=0, description="seconds per request")
+    stall_seconds: float = Field(120.0, gt=0, description="no reply succeeded for this long: the requests left "
+                                                           "are not sent (a judge that hangs or is down)")
+    max_seconds: float | None = Field(None, gt=0, description="total judging time per trial; the requests left "
+                                                              "after it are not sent")
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(256, ge=1)
     price_prompt_per_mtok: float | None = Field(
@@ -318,12 +357,21 @@ class JudgeConfig(Strict):
         return None if v is None else _must_exist(v, "judge.template")
 
     @model_validator(mode="after")
-    def _template_fits_mode(self) -> JudgeConfig:
-        if self.template:
-            from trainables.evaluate.judge_prompts import check_template
+    def _prompts(self) -> JudgeConfig:
+        """The prompts resolve (file, names, placeholders for the mode, verdict format); mode from the prompt."""
+        from trainables.evaluate.judge_prompts import PromptError
 
-            check_template(find_data(self.template).read_text(encoding="utf-8"), self.mode)  # type: ignore[union-attr]
+        try:
+            self.mode = self.prompts().mode  # type: ignore[assignment]
+        except PromptError as e:
+            raise field_error("JudgeConfig", e.field, str(e)) from None
         return self
+
+    def prompts(self) -> PromptSet:
+        from trainables.evaluate.judge_prompts import prompt_set
+
+        path = find_data(self.template) if self.template else None
+        return prompt_set(path, self.prompt, self.reference_prompt, self.system, self.output_format, self.mode)
 
     @field_validator("references")
     @classmethod

@@ -79,8 +79,9 @@ def evaluate_config(cfg: Any, trial_dir: Path) -> dict[str, float]:
     """Load, evaluate, return metrics (no Ray needed: tests and scripts call this directly)."""
     import torch
 
-    from trainables.evaluate import run_all
+    from trainables.evaluate import check_inputs, run_all
 
+    check_inputs(cfg.eval, trial_dir)  # before the model loads: inputs an evaluation cannot score
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))
     torch.manual_seed(cfg.train.seed)
     model, tokenizer, times = load_for_eval(cfg)

@@ -16,6 +16,7 @@ mcq_macro_acc. Per-subject numbers and every prediction go to <trial_dir>/mcq_<n
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import statistics
@@ -24,7 +25,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from trainables.data.tokenize import IGNORE
-from trainables.evaluate import EVALUATORS, EvalContext, Evaluator
+from trainables.evaluate import EVALUATORS, EvalContext, EvalInputError, Evaluator
 from trainables.evaluate.common import batches, last_token_logprobs, pad_id, token_logprobs
 from trainables.evaluate.mcq_data import MCQItem, exemplars_for, prepare
 from trainables.paths import atomic_write_text
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from trainables.evaluate.config import EvalConfig, MCQSet
 
 
-class MCQDataError(ValueError):
+class MCQDataError(EvalInputError):
     """A set that cannot be scored as configured (the same lines the driver's preflight prints)."""
 
 
@@ -227,6 +228,18 @@ def run(ctx: EvalContext) -> dict[str, float]:
     return metrics
 
 
+@functools.lru_cache(maxsize=64)
+def _problems_of(spec_json: str) -> tuple[str, ...]:
+    from trainables.evaluate.config import MCQSet
+
+    return tuple(prepare(MCQSet.model_validate_json(spec_json)).problems)
+
+
+def check(cfg: EvalConfig) -> list[str]:
+    """Every MCQ set that cannot be scored as configured (read once per process and setting)."""
+    return [p for spec in cfg.mcq_sets() for p in _problems_of(spec.model_dump_json())]
+
+
 def metrics(cfg: EvalConfig) -> list[str]:
     names = []
     for m in cfg.mcq:
@@ -237,6 +250,6 @@ def metrics(cfg: EvalConfig) -> list[str]:
     return names + overall + ["mcq_seconds"]
 
 
-EVALUATORS.register("mcq")(Evaluator(enabled=lambda c: bool(c.mcq), metrics=metrics, run=run,
+EVALUATORS.register("mcq")(Evaluator(enabled=lambda c: bool(c.mcq), metrics=metrics, run=run, check=check,
                                      objectives={"mcq_acc": "max", "mcq_macro_acc": "max", "mcq_*_acc": "max",
                                                  "mcq_*_option_f1": "max"}))

@@ -8,6 +8,7 @@ could not be read, ppl_<name>_skipped_<reason>. Per-row losses go to <trial_dir>
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainables.data.formats import LoadReport, load_with_report
 from trainables.data.tokenize import IGNORE, encode
-from trainables.evaluate import EVALUATORS, EvalContext, Evaluator
+from trainables.evaluate import EVALUATORS, EvalContext, EvalInputError, Evaluator
 from trainables.evaluate.common import batches, icl_messages, keep_tail, pad_id, token_logprobs
 from trainables.paths import atomic_write_text
 
@@ -109,7 +110,7 @@ def run(ctx: EvalContext) -> dict[str, float]:
         examples, report = load_set(ps, cfg.perplexity_limit)
         problems = set_problems(ps, report)
         if problems:
-            raise ValueError(problems[0])
+            raise EvalInputError(problems[0])
         scores = score_examples(ctx.model, ctx.tokenizer, examples, batch_size=cfg.batch_size,
                                 max_len=cfg.max_len, icl=icl)
         metrics.update(set_metrics(ps.name, scores, report))
@@ -119,10 +120,23 @@ def run(ctx: EvalContext) -> dict[str, float]:
     return metrics
 
 
+@functools.lru_cache(maxsize=64)
+def _problems_of(ps_json: str, limit: int | None) -> tuple[str, ...]:
+    from trainables.evaluate.config import PerplexitySet
+
+    ps = PerplexitySet.model_validate_json(ps_json)
+    return tuple(set_problems(ps, load_set(ps, limit)[1]))
+
+
+def check(cfg: EvalConfig) -> list[str]:
+    """Every perplexity set that cannot be scored as configured (read once per process and setting)."""
+    return [p for ps in cfg.perplexity for p in _problems_of(ps.model_dump_json(), cfg.perplexity_limit)]
+
+
 def metrics(cfg: EvalConfig) -> list[str]:
     kinds = ("ppl_{}", "loss_{}", "ppl_mean_{}", "ppl_{}_n_scored", "ppl_{}_n_skipped")
     return [k.format(ps.name) for ps in cfg.perplexity for k in kinds]
 
 
-EVALUATORS.register("perplexity")(Evaluator(enabled=lambda c: bool(c.perplexity), metrics=metrics, run=run,
+EVALUATORS.register("perplexity")(Evaluator(enabled=lambda c: bool(c.perplexity), metrics=metrics, run=run, check=check,
                                             objectives={"ppl_*_n_*": None, "ppl_*": "min", "loss_*": "min"}))
