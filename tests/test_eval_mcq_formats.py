@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.evaluate import data_problems
+from trainables.evaluate import input_problems
 from trainables.evaluate.config import EvalConfig, MCQSet
 from trainables.evaluate.mcq_data import exemplars_for, load_items, prepare, sample_per_subject
 
@@ -269,19 +269,19 @@ def test_icl_shots_apply_to_mcq_sets_that_set_none():
     assert [m.shots for m in both.mcq_sets()] == [1]
 
 
-def test_data_problems_cover_mcq_and_perplexity(tmp_path):
+def test_input_problems_cover_mcq_and_perplexity(tmp_path):
     ppl = jsonl(tmp_path / "qa.jsonl", [{"q": "Say hi", "a": "hi"}])
     cfg = EvalConfig.model_validate({"perplexity": [str(ppl)], "mcq": [
         {"name": "multi", "path": str(csv_file(tmp_path / "m.csv", MULTI, ["question", "A", "B", "C", "D",
                                                                             "answer"])),
          "choices": ["A", "B", "C", "D"], "multi": True}]})
-    assert data_problems(cfg) == [
+    assert input_problems(cfg) == [
         f"eval.perplexity.qa: 1 of 1 rows of {ppl} cannot be scored (1x unrecognised row; e.g. row 0: "
         "unrecognised row with fields ['a', 'q'] (fields: a, q)); map its columns with eval.perplexity.qa.fields "
         "(as data.fields: {instruction: <prompt column>, output: <answer column>})"]
     fixed = cfg.model_copy(update={"perplexity": [cfg.perplexity[0].model_copy(
         update={"fields": {"instruction": "q", "output": "a"}})]})
-    assert data_problems(fixed) == []
+    assert input_problems(fixed) == []
 
 
 def test_per_set_settings_are_search_space_entries_by_set_name(tmp_path):

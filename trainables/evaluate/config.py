@@ -443,7 +443,7 @@ class EvalConfig(Strict):
             raise ValueError("perplexity_every_report needs perplexity files (eval.perplexity: [...])")
         if self.judge.enabled and not self.generate.data:
             raise ValueError("judge.enabled needs generate.data (the judge grades generated answers)")
-        metrics = self.metrics()
+        metrics = [m for m, _ in self._produced()]
         clash = sorted({m for m in metrics if metrics.count(m) > 1})
         if clash:
             raise ValueError(f"two evaluations would both write {', '.join(clash)}; rename a set (name: ...)")
@@ -474,11 +474,12 @@ class EvalConfig(Strict):
     def directions(self) -> dict[str, str | None]:
         """Every metric these evaluations produce -> "min" / "max" as its evaluator declares it, None for
         counts, times and costs (not objectives)."""
+        out = dict(self._produced())
+        return {**out, "eval_seconds": None} if out else out
+
+    def _produced(self) -> list[tuple[str, str | None]]:
+        """(metric, direction) of every enabled evaluator, in run order; a name twice is a clash."""
         from trainables.evaluate import EVALUATORS
 
-        out: dict[str, str | None] = {}
-        for name in EVALUATORS.names_in_order():
-            ev = EVALUATORS.get(name)
-            if ev.enabled(self):
-                out.update({m: ev.direction(m) for m in ev.metrics(self)})
-        return {**out, "eval_seconds": None} if out else out
+        evaluators = [EVALUATORS.get(name) for name in EVALUATORS.names_in_order()]
+        return [(m, ev.direction(m)) for ev in evaluators if ev.enabled(self) for m in ev.metrics(self)]
