@@ -89,8 +89,11 @@ def _best_sentence(sweep: Sweep, f: Findings) -> str:
     med = f"; the median finished trial reached {fin.median():.4g}" if len(fin) > 1 else ""
     note = "" if f.best["status"] == "TERMINATED" else " (no trial finished; this one was stopped early)"
     seed = f" (seed {f.best['seed']})" if f.best["seed"] is not None else ""
-    caveat = "" if f.effects or not (f.noise_effects or f.untestable) else (
-        "; no tested change moved it beyond noise, so this single run is no evidence for its setting")
+    caveat = ""
+    if not f.effects and f.noise_effects:
+        caveat = "; no tested change moved it beyond noise, so this single run is no evidence for its setting"
+    elif not f.effects and f.untestable:
+        caveat = "; its difference to the others cannot be tested, so this single run is no evidence for its setting"
     return (f"Best single trial: trial {f.best['trial_id']}{note} reached {sweep.metric} = "
             f"{f.best['value']:.4g} ({_better(sweep)} is better) with {f.best['setting']}{seed}{med}{caveat}.")
 

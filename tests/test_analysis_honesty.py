@@ -100,6 +100,7 @@ def test_single_runs_say_not_testable_without_a_p_value(tmp_path):
     row = abl[abl["level"].astype(str) == "4"].iloc[0]
     assert row["verdict"] == "not testable" and row["p"] == "–"
     assert "Not testable" in section(text, "Analysis") and "lora.r = 4 vs 8 (+0.1)" in text
+    assert "its difference to the others cannot be tested, so this single run is no evidence" in text
     conclusion = section(text, "Conclusion")
     assert "rest on single runs and cannot be tested, so no setting is recommended yet" in conclusion
     assert "Use " not in conclusion
