@@ -334,3 +334,30 @@ def test_the_driver_refuses_an_unscorable_set_before_any_trial(tmp_path, capsys)
         f"error: eval.mcq.cpa.shots: 5 exemplars asked, but subject 'cpa_multi' has only 3 usable in test {path} "
         "(the scored question left out) (1 subject(s) short); lower shots or give a larger dev split"]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("question, options", [
+    ("Q?\nA. x\nB. y", ["x", "y"]),
+    ("Q?\n(A) x\n(B) y\n(C) z", ["x", "y", "z"]),
+    ("Q? A) x B) y", ["x", "y"]),
+    ("Q?\nA、x\nB、y", ["x", "y"]),
+    ("Q? (A).x (B).y", ["x", "y"]),
+])
+def test_options_inside_the_question_text(question, options):
+    from trainables.evaluate.mcq_parse import split_inline
+
+    assert split_inline(question) == ("Q?", list(zip("ABC", options, strict=False)))
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("B", [1]), ("(B)", [1]), ("B.Vitamin D", [1]), ("(B) Vitamin D", [1]), ("b", [1]),
+    ("B. Vitamin C", "answer_text_mismatch"), ("Blue", "answer_not_a_choice"), ("A B", "multi_answer"),
+])
+def test_decorated_letter_answers(answer, expected):
+    from trainables.evaluate.mcq_parse import Skip, answer_indices
+
+    try:
+        got = answer_indices(answer, list("ABCD"), ["Vitamin C", "Vitamin D", "x", "y"], "letter", None, False)
+    except Skip as e:
+        got = e.args[0]
+    assert got == expected

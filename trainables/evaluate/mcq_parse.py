@@ -31,10 +31,12 @@ REASONS = {
     "not_a_row": "the row is not an object",
 }
 
-_DECORATED = re.compile(r"^[(（\[]?\s*([A-Za-z])\s*[)）\]]?\s*(?:[.．、:：)）]\s*(.*))?$", re.DOTALL)
+# A letter followed by a closing bracket and/or a separator: 'B.', 'B)', '(B)', '(B).', 'B、', 'B：'.
+_MARK = r"[(（\[]?[ \t]*([A-Z])[ \t]*(?:[)）\]][ \t]*[.．、:：]?|[.．、:：])"
+_DECORATED = re.compile(r"^[(（\[]?\s*([A-Za-z])\s*(?:(?:[)）\]]\s*[.．、:：]?|[.．、:：])\s*(.*))?$", re.DOTALL)
 _MULTI_SEP = re.compile(r"[\s,，、;；/|&和]+")
-_INLINE_LINE = re.compile(r"^[ \t]*[(（]?([A-Z])[)）]?[ \t]*[.．、:：)）][ \t]*", re.MULTILINE)
-_INLINE_ANY = re.compile(r"(?:^|(?<=\s))[(（]?([A-Z])[)）]?[ \t]*[.．、:：)）][ \t]*")
+_INLINE_LINE = re.compile(r"^[ \t]*" + _MARK + r"[ \t]*", re.MULTILINE)
+_INLINE_ANY = re.compile(r"(?:^|(?<=\s))" + _MARK + r"[ \t]*")
 
 
 class Skip(Exception):
