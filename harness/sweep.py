@@ -126,7 +126,7 @@ def preflight(cfg: SweepConfig) -> Any:
     from transformers import AutoTokenizer
 
     problems, model_path = existence_problems(cfg.data, cfg.model.name)
-    problems += embedding_problems(cfg)
+    problems += embedding_problems(cfg) + output_problems(cfg)
     if problems:
         fail(problems)
     try:
@@ -134,6 +134,20 @@ def preflight(cfg: SweepConfig) -> Any:
     except OSError as e:
         fail([f"model.name: cannot load {cfg.model.name!r} ({str(e).splitlines()[0]}); "
               "check the id, the network, or use a local directory"])
+
+
+def output_problems(cfg: SweepConfig) -> list[str]:
+    """The run directory must be a directory this process can create and write (checked by --dry-run too)."""
+    field = "output.mirror" if "://" in cfg.output.dir else "output.dir"
+    there = cfg.run_dir
+    while not there.exists() and there != there.parent:
+        there = there.parent  # the nearest part that exists: where the sweep's directories will be made
+    if not there.is_dir():
+        return [f"{field}: {there} is a file, not a directory; give a directory for the sweeps (e.g. {field}=runs)"]
+    if not os.access(there, os.W_OK | os.X_OK):
+        return [f"{field}: {there} is not writable (a read-only filesystem or no permission); give a directory "
+                f"you can write (e.g. {field}=runs)"]
+    return []
 
 
 def diversity_embeddings(cfg: SweepConfig) -> list[tuple[str, str]]:
@@ -226,13 +240,28 @@ def length_problems(cfg: SweepConfig, tokens: Any, train: list, held_out: list) 
         line = (f"train.max_seq_len: {max_len} leaves no room for the response of {len(lost)} of {len(lengths)} "
                 f"{what} (prompts are {min(lengths)}-{max(lengths)} tokens, median "
                 f"{statistics.median(lengths):g})")
-        suggest = -(-(sorted(lengths)[int(0.9 * (len(lengths) - 1))] + 64) // 64) * 64
+
+        def room_for(prompt: int) -> int:  # the prompt and 64 response tokens, rounded up to 64, above max_len
+            return max(-(-(prompt + 64) // 64) * 64, -(-(max_len + 1) // 64) * 64)
+
         if 2 * len(lost) > len(lengths):
-            problems.append(f"{line}; raise it to at least {suggest}")
+            problems.append(f"{line}; raise it to at least {room_for(sorted(lengths)[int(0.9 * (len(lengths) - 1))])}")
         else:
-            print(f"warning: {line}; those examples are skipped (raise it to {suggest} to keep them)",
+            print(f"warning: {line}; those examples are skipped (raise it to {room_for(max(lost))} to keep them)",
                   file=sys.stderr)
     return problems
+
+
+def pool_warnings(cfg: SweepConfig, pool_size: int) -> None:
+    """selection.n above the pool: every such trial trains on the whole pool, so the levels above it are
+    the same trial; say so in the plan rather than let a sweep compare identical subsets."""
+    if cfg.selection.token_budget is not None:
+        return
+    over = sorted({n for n in _levels(cfg, "selection.n") if n is not None and n > pool_size})
+    if over:
+        print(f"warning: selection.n: {', '.join(map(str, over))} is more than the {pool_size} examples the pool "
+              f"holds after the held-out split and hygiene; such trials train on all {pool_size} (lower selection.n "
+              "or give a larger data.train)", file=sys.stderr)
 
 
 def prescore(cfg: SweepConfig, tokenizer: Any, model: Any) -> int:
@@ -286,6 +315,7 @@ def plan(cfg: SweepConfig, tokens: Any, model: Any = None) -> dict[str, Any]:
     problems = length_problems(cfg, tokens, prep.train, prep.eval)
     if problems:
         fail(problems)
+    pool_warnings(cfg, int(prep.stats["pool_size"]))
     points = planned_points(cfg.search)
     per_epoch = prep.stats["train_tokens"]
     steps = -(-int(prep.stats["n_examples"]) // (cfg.train.batch_size * cfg.train.grad_accum))

@@ -21,10 +21,14 @@ from trainables.data.config import Strict
 from trainables.paths import find_data
 
 
-def _must_exist(path: str, what: str) -> str:
-    if find_data(path) is None:
+def _must_exist(path: str, what: str, file: bool = False) -> str:
+    """`file`: it must be a file (a directory is fine for an MCQ benchmark's folder of CSVs)."""
+    found = find_data(path)
+    if found is None:
         raise ValueError(f"{what} {path!r} not found (relative paths are looked up under HARNESS_DATA_DIR, "
                          "the working directory and ../shared/data)")
+    if file and not found.is_file():
+        raise ValueError(f"{what} {path!r} is a directory ({found}), not a file; give the data file itself")
     return path
 
 
@@ -116,7 +120,7 @@ class GenerateConfig(Strict):
     @field_validator("data")
     @classmethod
     def _data(cls, v: str | None) -> str | None:
-        return None if v is None else _must_exist(v, "generate.data")
+        return None if v is None else _must_exist(v, "generate.data", file=True)
 
 
 # USD per 1M (prompt, completion) tokens of common judge models, for the cost estimate when the
@@ -188,7 +192,7 @@ class JudgeConfig(Strict):
     @field_validator("template")
     @classmethod
     def _template(cls, v: str | None) -> str | None:
-        return None if v is None else _must_exist(v, "judge.template")
+        return None if v is None else _must_exist(v, "judge.template", file=True)
 
     @model_validator(mode="after")
     def _template_fits_mode(self) -> JudgeConfig:
@@ -201,7 +205,7 @@ class JudgeConfig(Strict):
     @field_validator("references")
     @classmethod
     def _refs(cls, v: str | None) -> str | None:
-        return None if v is None else _must_exist(v, "judge.references")
+        return None if v is None else _must_exist(v, "judge.references", file=True)
 
 
 class EvalConfig(Strict):
@@ -228,7 +232,7 @@ class EvalConfig(Strict):
     @classmethod
     def _ppl(cls, v: list[str]) -> list[str]:
         for p in v:
-            _must_exist(p, "perplexity file")
+            _must_exist(p, "perplexity file", file=True)
         stems = [metric_stem(p) for p in v]
         if len(set(stems)) != len(stems):
             raise ValueError("perplexity files must have distinct file names (metric names are ppl_<stem>)")
