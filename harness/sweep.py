@@ -380,6 +380,16 @@ def open_storage(cfg: SweepConfig) -> Storage:
               "credentials (e.g. AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) and the network"])
 
 
+def hold_run_dir(cfg: SweepConfig) -> None:
+    """This driver owns cfg.run_dir until it exits (harness/lock.py); another live driver there: exit 2."""
+    from harness.lock import RunDirBusy, hold
+
+    try:
+        hold(cfg.run_dir)
+    except RunDirBusy as e:
+        fail([str(e)])
+
+
 def _what_it_computes(doc: dict) -> dict:
     """A sweep config minus where it runs: resuming on another machine or cluster is the same sweep."""
     doc = {k: v for k, v in doc.items() if k not in (*META_KEYS, "ray")}
@@ -552,6 +562,9 @@ def connect(cfg: SweepConfig) -> None:
     # results.csv replaces Tune's result.json / progress.csv, whose absence it would warn about per trial
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if address == "local":
+        from harness.reaper import watch
+
+        watch()  # Ray's agents would outlive a killed driver by up to a minute
         ray.init(address="local", include_dashboard=False, **kwargs)
         return
     try:
@@ -617,7 +630,15 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(cfg, plan(cfg, tokens))
         return 0
     store = open_storage(cfg)
-    resume = check_run_dir(cfg, args.resume, count_trials(cfg.search), store)
+    if cfg.run_dir.exists():  # one live driver per run directory: another one's is refused before anything else
+        hold_run_dir(cfg)
+    try:
+        resume = check_run_dir(cfg, args.resume, count_trials(cfg.search), store)
+    except SystemExit:
+        from harness.lock import release
+
+        release(cfg.run_dir, tidy=True)
+        raise
     model = None
     if needs_model(cfg):
         from trainables.models import load_model
@@ -634,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = cfg.model_dump(mode="json")
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    hold_run_dir(cfg)  # creates run_dir; taken already when it existed
     if resume:
         store.pull()  # a URI's results, histories and Optuna study: resume on any machine
         resume = _prepare_resume(store)
