@@ -163,7 +163,7 @@ class RecoveryConfig(Strict):
     max_failures: int = Field(
         1, ge=0, le=100,
         description="retries of a failing trial (from its last checkpoint) before it is recorded as ERROR; "
-                    "a NaN loss is never retried (it would only come back)")
+                    "a NaN loss is not trained again (it would only come back): each retry fails at once")
     keep_checkpoints: int = Field(
         2, ge=1, le=1000,
         description="checkpoints kept per trial: the best k by eval_loss (or a training search.metric), "

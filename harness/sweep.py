@@ -717,13 +717,11 @@ def _prepare_resume(store: Storage) -> bool:
     its first state): the sweep then starts in the same place."""
     from ray import tune
 
-    from harness.results import read_rows
-    from harness.resume import ResumeError, repair
+    from harness.resume import ResumeError, ended_trials, repair
 
     if not store.remote:
-        finished = {r["trial_id"] for r in read_rows(store.local / "results.csv") if r["status"] == "TERMINATED"}
         try:
-            notes = repair(store.local / "tune", finished)
+            notes = repair(store.local / "tune", *ended_trials(store.local))
         except ResumeError as e:
             fail([str(e)])
         for note in notes:
