@@ -165,7 +165,7 @@ class RecoveryConfig(Strict):
     max_failures: int = Field(
         1, ge=0, le=100,
         description="retries of a failing trial (from its last checkpoint) before it is recorded as ERROR; "
-                    "a NaN loss is never retried (it would only come back)")
+                    "a NaN loss is not trained again (it would only come back): each retry fails at once")
     keep_checkpoints: int = Field(
         2, ge=1, le=1000,
         description="checkpoints kept per trial: the best k by eval_loss (or a training search.metric), "
@@ -192,7 +192,7 @@ HELDOUT_METRICS = ("eval_loss", "best_eval_loss", "eval_perplexity")  # what an 
 
 
 class SweepConfig(Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(..., description="the run directory's name under output.dir: one plain path component")
     description: str = ""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -208,6 +208,15 @@ class SweepConfig(Strict):
     recovery: RecoveryConfig = RecoveryConfig()
     output: OutputConfig = OutputConfig()
     wandb: WandbConfig = WandbConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # The run directory is <output.dir>/<name>: '..', '.' or a '/' would put the sweep somewhere else.
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", v):
+            raise ValueError("must be a plain directory name (letters, digits, _ . -; no slash, not starting "
+                             "with a dot, so neither . nor ..); e.g. name=lora_rank_2")
+        return v
 
     @model_validator(mode="after")
     def _mode_from_metric(self) -> SweepConfig:
@@ -423,14 +432,41 @@ def _yaml11_floats(value: Any) -> Any:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
+    from harness.yaml_input import Refused, load
+
     if "=" not in item or item.startswith("="):
         raise ConfigError([f"override {item!r}: expected key=value, e.g. train.epochs=3"])
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load(raw) if raw.strip() else ""
+    except Refused as e:
+        raise ConfigError([f"override {key.strip()}: {e.problem}"]) from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), _yaml11_floats(value)
+
+
+def set_override(raw: dict, key: str, value: Any) -> None:
+    """Apply one override. `search.space.<dotted setting>[.<kind>]` names a search-space entry, whose keys
+    are dotted paths themselves: search.space.lora.r={choice: [4, 16]} sets the entry 'lora.r'."""
+    prefix = "search.space."
+    if not key.startswith(prefix) or key == prefix:
+        set_dotted(raw, key, value)
+        return
+    rest = key[len(prefix):].split(".")
+    cut = next((i for i in range(len(rest), 0, -1) if _field_exists(".".join(rest[:i]))), len(rest))
+    if not isinstance(raw.get("search"), dict):
+        raw["search"] = {}
+    if not isinstance(raw["search"].get("space"), dict):
+        raw["search"]["space"] = {}
+    space = raw["search"]["space"]
+    entry, sub = ".".join(rest[:cut]), ".".join(rest[cut:])
+    if sub:  # one key of an entry: search.space.lora.alpha.times=4
+        if not isinstance(space.get(entry), dict):
+            space[entry] = {}
+        set_dotted(space[entry], sub, value)
+    else:
+        space[entry] = value
 
 
 def set_dotted(d: dict, path: str, value: Any) -> None:
@@ -623,8 +659,35 @@ def objective_problems(cfg: SweepConfig) -> list[str]:
     return []
 
 
+def run_dir_problems(cfg: SweepConfig) -> list[str]:
+    """The run directory must lie inside output.dir (name is one plain component; this holds whatever the
+    name's rules become): a sweep never writes over the directory above its own."""
+    base = cfg.output.mirror if "://" in cfg.output.dir else cfg.output.dir  # where run_dir lies on this machine
+    root = Path(os.path.normpath(Path(base).expanduser().absolute()))
+    if Path(os.path.normpath(root / cfg.name)).parent != root:
+        return [f"name: {cfg.name!r} would put the run directory outside {root}; give a plain directory name"]
+    return []
+
+
+def device_problems(cfg: SweepConfig) -> list[str]:
+    """train.device: cuda on a local Ray needs a CUDA GPU here (a trial would fail on its first tensor)."""
+    entry = cfg.search.space.get("train.device")
+    devices = {cfg.train.device} | set((entry.choice or entry.grid or []) if entry else [])
+    if "cuda" not in devices or cfg.ray_address != "local":
+        return []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return []
+    except ImportError:
+        pass
+    return ["train.device: cuda, but this machine has no CUDA GPU; use train.device: auto (the GPU where there "
+            "is one) or cpu, or run on a cluster with --address"]
+
+
 def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
-    problems = _check_space(cfg, raw)
+    problems = run_dir_problems(cfg) + _check_space(cfg, raw)
     problems += objective_problems(cfg)
     known_metric = cfg.search.metric in cfg.metrics()
     if cfg.scheduler.type != "fifo" and known_metric and cfg.search.metric not in cfg.report_metrics():
@@ -639,36 +702,53 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.type} needs more reports than grace_period "
                         f"({cfg.reports_per_trial} = train.epochs x train.evals_per_epoch); raise evals_per_epoch "
                         "or use scheduler.type: fifo")
-    problems += resource_problems(cfg.resources, cfg.ray_address)
+    problems += resource_problems(cfg.resources, cfg.ray_address) + device_problems(cfg)
     problems += judge_key_problems(cfg.eval, "eval.judge.enabled" in cfg.search.space)
     problems += wandb_key_problems(cfg.wandb)
     cur = cfg.curriculum
     if cur.order == "staged" and cur.epochs_per_stage and cur.epochs_per_stage * cur.stages > cfg.train.epochs:
         problems.append(f"curriculum.epochs_per_stage: {cur.stages} stages x {cur.epochs_per_stage} epochs exceed "
                         f"train.epochs ({cfg.train.epochs}); raise train.epochs or lower epochs_per_stage")
-    if cfg.data.eval is None and math.isnan(float(cfg.data.eval_size)):
-        problems.append("data.eval_size: must be a number")
     return problems
 
 
-def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[SweepConfig, dict]:
-    """Return (validated config, raw dict after overrides). Raises ConfigError listing every problem."""
-    path = Path(path)
+def read_sweep_file(path: Path) -> dict:
+    """The sweep file as a dict (name defaulting to the file's stem), or a ConfigError saying what is wrong
+    with the file itself."""
+    from harness.yaml_input import load
+
+    example = "pass a YAML file such as sweeps/lora_rank.yaml"
     if not path.exists():
-        raise ConfigError([f"sweep file {str(path)!r} not found; pass a YAML file such as sweeps/lora_rank.yaml"])
+        raise ConfigError([f"sweep file {str(path)!r} not found; {example}"])
+    if not path.is_file():
+        raise ConfigError([f"sweep file {str(path)!r} is a directory, not a file; {example}"])
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}); save the sweep "
+                           "file as UTF-8 YAML"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read it ({e.strerror}); {example}"]) from None
+    try:
+        raw = load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError([f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}"]) from None
+    if raw is None:
+        raise ConfigError([f"{path}: the sweep file is empty; give at least what to vary (see sweeps/smoke.yaml)"])
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections (name, model, train, ...)"])
     raw = _yaml11_floats(raw)
     raw.setdefault("name", path.stem)
+    return raw
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[SweepConfig, dict]:
+    """Return (validated config, raw dict after overrides). Raises ConfigError listing every problem."""
+    raw = read_sweep_file(Path(path))
     for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
+        set_override(raw, *parse_override(item))
     try:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:

@@ -22,7 +22,7 @@ import yaml
 from ray import tune
 
 from harness.config import TRAIN_METRICS
-from trainables.paths import atomic_write_text
+from trainables.paths import ENDED, atomic_write_text, trial_ended
 from trainables.secrets import redact
 
 LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures"]
@@ -31,7 +31,7 @@ COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable
 # Reported every time but not worth a results column (they are in metrics.jsonl).
 HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report"}
 # Per-report values worth keeping in metrics.jsonl.
-HISTORY_KEYS = ["report", "training_iteration", "step", "epoch", "tokens_seen", "eval_loss", "train_loss",
+HISTORY_KEYS = ["report", "training_iteration", "step", "total_steps", "epoch", "tokens_seen", "eval_loss", "train_loss",
                 "tokens_per_second", "lr", "time_total_s", "train_seconds", "heldout_seconds", "rss_mb", "peak_rss_mb",
                 "pid", "timestamp"]
 
@@ -41,28 +41,39 @@ _EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|E
 _FRAME = re.compile(r'^File "([^"]+)", line (\d+), in (\S+)')
 
 
-def error_summary(text: str) -> tuple[str, str]:
-    """(error type, one-line summary) of a traceback: the exception line with the lines of message
-    that follow it, then where it was raised, e.g.
-    ('FloatingPointError', 'FloatingPointError: loss became NaN ... (at qlora.py:221 in train_trial)')."""
+def _one_failure(text: str) -> tuple[str, str, str]:
+    """(error type, the exception line with the lines of message that follow it, where it was raised)."""
     lines = [ln.strip() for ln in text.strip().splitlines()]
     lines = [ln for ln in lines if ln and set(ln) - set("^~ ")]  # drop blanks and caret markers
     at = next((i for i in range(len(lines) - 1, -1, -1) if _EXC_LINE.match(lines[i])), None)
     if at is None:
-        return "", " | ".join(lines[-3:])[:500]
+        return "", " | ".join(lines[-3:]), ""
     m = _EXC_LINE.match(lines[at])
-    kind = m.group(2) or m.group(1)
-    message = " | ".join(lines[at : at + 4])
     frames = [f for f in (_FRAME.match(ln) for ln in lines[:at]) if f]
     where = f" (at {Path(frames[-1].group(1)).name}:{frames[-1].group(2)} in {frames[-1].group(3)})" if frames else ""
-    return kind, (message[: 500 - len(where)] + where)
+    return m.group(2) or m.group(1), " | ".join(lines[at : at + 4]), where
 
 
-def _trial_error(trial: Any) -> tuple[str, str]:
+def error_summary(text: str) -> tuple[str, str]:
+    """(error type, one-line summary) of a traceback: the exception line with the lines of message
+    that follow it, then where it was raised, e.g.
+    ('FloatingPointError', 'FloatingPointError: loss became NaN ... (at qlora.py:221 in train_trial)').
+    Of Ray's error file with several failures ("Failure # N") the last one counts; when retries only
+    raised the same error again (a NaN trial's retry fails at once), where it was first raised."""
+    failures = [f for f in re.split(r"(?m)^Failure # \d+.*$", text) if f.strip()] or [text]
+    kind, message, where = _one_failure(failures[-1])
+    first = next((w for k, m, w in map(_one_failure, failures[:-1]) if (k, m) == (kind, message) and w), where)
+    return kind, (message[: 500 - len(first)] + first)[:500]
+
+
+def _trial_error(trial: Any, copy: Path | None = None) -> tuple[str, str]:
+    """From Ray's error file, else from the trial's own copy (`copy`: trials/<id>/error.txt; Ray's saved
+    state may predate the failure when a kill came just after it)."""
     path = getattr(trial, "error_file", None)
-    if not path or not Path(path).exists():
-        return "", ""
-    return error_summary(Path(path).read_text(errors="replace"))
+    for candidate in (Path(path) if path else None, copy):
+        if candidate is not None and candidate.exists():
+            return error_summary(candidate.read_text(errors="replace"))
+    return "", ""
 
 
 def _failures(trial: Any) -> int:
@@ -71,12 +82,17 @@ def _failures(trial: Any) -> int:
 
 
 def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
-              ties: dict[str, Any] | None = None, ended: bool = True) -> dict[str, Any]:
-    """One results.csv row. `ended`: Ray told the callbacks the trial completed (or failed); a trial
-    that Ray marks TERMINATED without that was stopped by Ctrl-C: INTERRUPTED, and --resume goes on."""
+              ties: dict[str, Any] | None = None, ended: str | None = "complete",
+              error_copy: Path | None = None) -> dict[str, Any]:
+    """One results.csv row. `ended`: how the trial ended (trainables.paths.trial_ended: "complete",
+    "error", None while it has not). Ray calls the callbacks before it changes the trial's status, so an
+    ended trial Ray still calls RUNNING is recorded as ended at once; one that Ray marks TERMINATED
+    without having ended was stopped by Ctrl-C: INTERRUPTED, and --resume goes on."""
     last = dict(trial.last_result or {})
     params = {**trial.config, **(ties or {})}
     status = trial.status
+    if status in ("RUNNING", "PENDING", "PAUSED") and ended in ("complete", "error"):
+        status = "TERMINATED" if ended == "complete" else "ERROR"
     # Stopped early = ended before its last training step (the trial reports both; Ray's own
     # training_iteration can lag behind the trial's reports after a resume).
     if "total_steps" in last:
@@ -88,7 +104,7 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
     stopped_early = status == "TERMINATED" and not finished
     if stopped_early:
         status = "EARLY_STOPPED"
-    error_type, error = _trial_error(trial) if status == "ERROR" else ("", "")
+    error_type, error = _trial_error(trial, error_copy) if status == "ERROR" else ("", "")
     row: dict[str, Any] = {
         "trial_id": trial.trial_id, "status": status, "stopped_early": str(stopped_early).lower(),
         "error": error, "node_id": last.get("node_id", ""),
@@ -140,9 +156,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-ENDED = ".ended"  # marker in trials/<id>/: Ray reported the trial complete or failed
-
-
 class ResultsWriter(tune.Callback):
     def __init__(self, run_dir: Path, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
                  base: dict[str, Any], store: Any = None):
@@ -163,8 +176,15 @@ class ResultsWriter(tune.Callback):
         from harness.space import tied_values
 
         space = SweepConfig.model_validate(self.base).search.space
+        trial_dir = self.run_dir / "trials"
         return [trial_row(t, self.searched, self.extra_metrics, self.reports_per_trial, tied_values(t.config, space),
-                          ended=(self.run_dir / "trials" / t.trial_id / ENDED).exists()) for t in trials]
+                          ended=trial_ended(trial_dir / t.trial_id), error_copy=trial_dir / t.trial_id / "error.txt")
+                for t in trials]
+
+    def _ended(self, trial: Any, how: str) -> None:
+        """Mark the trial ended, first thing: a kill a moment later must not leave it to be trained again
+        (a file, so that a resumed sweep and the resumed trial itself know it)."""
+        atomic_write_text(self._trial_dir(trial) / ENDED, how)
 
     def write(self, trials: list[Any], final: bool = False) -> None:
         write_csv(self.run_dir / "results.csv", self.rows(trials))
@@ -175,12 +195,18 @@ class ResultsWriter(tune.Callback):
         from harness.config import SweepConfig
         from harness.space import resolve
 
+        if trial_ended(self._trial_dir(trial)) == "error":  # --retry-errored runs it again
+            (self._trial_dir(trial) / ENDED).unlink(missing_ok=True)
         space = SweepConfig.model_validate(self.base).search.space
         full = resolve(self.base, trial.config, space)
         atomic_write_text(self._trial_dir(trial) / "config.json", redact(json.dumps(full, indent=2, default=str)))
         self.write(trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        # Its last report (the final step, or the scheduler stops it here: Ray sets done before the callbacks)
+        # ends the trial now, not when Ray gets round to on_trial_complete.
+        if result.get("done") or ("total_steps" in result and result.get("step", 0) >= result["total_steps"]):
+            self._ended(trial, "complete")
         entry = {k: result[k] for k in HISTORY_KEYS + self.extra_metrics if k in result}
         path = self._trial_dir(trial) / "metrics.jsonl"
         history = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
@@ -194,11 +220,11 @@ class ResultsWriter(tune.Callback):
         self.write(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        (self._trial_dir(trial) / ENDED).touch()  # a file: a resumed sweep must still know it
+        self._ended(trial, "complete")
         self.write(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        (self._trial_dir(trial) / ENDED).touch()
+        self._ended(trial, "error")
         # Ray keeps the traceback in its session dir; keep a copy with the trial's other files.
         if trial.error_file and Path(trial.error_file).exists():
             text = redact(Path(trial.error_file).read_text(errors="replace"))

@@ -6,11 +6,13 @@ Measured on a smoke sweep (polling the copy every 50 ms), a `kill -9` of the dri
   - pointing at a checkpoint that keep-best-k pruning has just deleted (the trial has a newer one):
     Tuner.restore then fails that trial with "Could not recover from checkpoint";
   - cut mid-copy (invalid JSON): Tuner.restore fails altogether;
-  - lagging behind a trial that finished since (Optuna was told, harness/optuna_search.py): Ray would
-    train that trial's last steps again from the checkpoint it saved.
+  - lagging behind a trial that ended since (Optuna was told, harness/optuna_search.py): Ray would
+    train that trial's last steps again from the checkpoint it saved, or retry a trial that had failed.
 `repair` fixes these from files on disk: a cut (or lagging) state file is replaced by Ray's staging copy
-when this machine still has it (with the searcher's state saved beside it, so that the two agree), and a
-newer checkpoint takes the name the state expects (the trial goes on from its newest state).
+when this machine still has it (with the searcher's state saved beside it, so that the two agree), a
+newer checkpoint takes the name the state expects (the trial goes on from its newest state; one that had
+ended only says its last report again, trainables/qlora.py), and a trial that had failed for good is
+marked failed. `ended_trials` says which trials ended, from what the driver wrote before the kill.
 Only the plain-JSON parts of the state are read; anything unexpected leaves the directory as it is.
 """
 
@@ -21,7 +23,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+from trainables.paths import atomic_write_text, trial_ended
 
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 _CKPT = re.compile(r"^checkpoint_(\d+)$")
@@ -102,26 +107,75 @@ def saved_state(tune_dir: Path, notes: list[str] | None = None) -> dict | None:
     return saved_state(tune_dir, notes)
 
 
-def repair(tune_dir: Path, finished: set[str] = frozenset()) -> list[str]:
+def _last_report(history: Path) -> dict:
+    try:
+        lines = history.read_text(encoding="utf-8").splitlines()
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def ended_trials(run_dir: Path) -> tuple[set[str], set[str]]:
+    """(trials that ended complete, trials that failed for good) by the driver's records in run_dir: each
+    trial's `.ended` marker (written the moment it ended), or a last report at its final step in
+    metrics.jsonl, or its results.csv status."""
+    from harness.results import read_rows
+
+    complete, failed = set(), set()
+    for row in read_rows(Path(run_dir) / "results.csv"):
+        if row.get("status") in ("TERMINATED", "EARLY_STOPPED"):
+            complete.add(str(row["trial_id"]))
+        elif row.get("status") == "ERROR":
+            failed.add(str(row["trial_id"]))
+    for trial_dir in sorted((Path(run_dir) / "trials").glob("*/")):
+        how = trial_ended(trial_dir)
+        last = _last_report(trial_dir / "metrics.jsonl")
+        if how == "complete" or ("total_steps" in last and last.get("step", 0) >= last["total_steps"]):
+            complete.add(trial_dir.name)
+        elif how == "error":
+            failed.add(trial_dir.name)
+    return complete, failed - complete
+
+
+def _mark_failed(tune_dir: Path, state: dict, failed: set[str]) -> list[str]:
+    """Ray's saved state as if it had been saved after these trials failed: they stay failed on --resume
+    (and --retry-errored runs them again)."""
+    notes = []
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+        if trial.get("trial_id") in failed and trial.get("status") in UNFINISHED:
+            trial["status"] = "ERROR"
+            entry[0] = json.dumps(trial) if isinstance(entry[0], str) else trial
+            notes.append(f"trial {trial['trial_id']}: had failed after the last saved state; kept as failed")
+    if notes:
+        newest = sorted(Path(tune_dir).glob("experiment_state-*.json"))[-1]
+        atomic_write_text(newest, json.dumps(state))
+    return notes
+
+
+def repair(tune_dir: Path, finished: Iterable[str] = (), failed: Iterable[str] = ()) -> list[str]:
     """Fix what a kill can leave behind in Ray's experiment dir; return one note per fix. `finished`: the
-    trials that results.csv holds as run to their last step (TERMINATED)."""
+    trials that had ended (run to their last step, or stopped by the scheduler); `failed`: those that had
+    failed for good (ended_trials)."""
     notes: list[str] = []
+    finished, failed = set(finished), set(failed)
     state = saved_state(Path(tune_dir), notes)
     if state is None:
         return notes
     try:
         trials = trials_of(state)
+        notes += _mark_failed(Path(tune_dir), state, failed)
     except (KeyError, TypeError, ValueError, IndexError):
         return notes + ["the saved experiment state has an unexpected layout; resuming it as it is"]
     for trial, meta in trials:
         wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
         trial_dir = Path(tune_dir) / trial.get("relative_logdir", "")
         index = _index(wanted or "")
-        if trial.get("status") not in UNFINISHED or index < 0:
+        if trial.get("status") not in UNFINISHED or trial.get("trial_id") in failed or index < 0:
             continue
-        # A trial that finished after the last saved state goes on from its final checkpoint, where it only
-        # reports its end again (trainables/qlora.py); from the saved one it would train its last steps again.
-        # One stopped early by the scheduler stays as saved: it must report at its rung again, to be stopped again.
+        # A trial that ended after the last saved state goes on from its final checkpoint, where it only
+        # reports its last result again (trainables/qlora.py: its .ended marker, or no step left); from the
+        # saved one it would train its last steps again.
         ended = trial.get("trial_id") in finished
         if (trial_dir / wanted).exists() and not ended:
             continue
@@ -133,7 +187,7 @@ def repair(tune_dir: Path, finished: set[str] = frozenset()) -> list[str]:
         newer[-1].rename(trial_dir / wanted)
         for stale in newer[:-1]:  # older than the one kept; Ray's state knows none of them
             shutil.rmtree(stale, ignore_errors=True)
-        why = ("had finished after the last saved state; it reports its end again from its final"
+        why = ("had ended after the last saved state; it reports its last result again from its final"
                if ended else f"{wanted} had been pruned after the last saved state; it goes on from its newer")
         notes.append(f"trial {trial['trial_id']}: {why} {newer[-1].name}")
     return notes

@@ -128,7 +128,7 @@ def preflight(cfg: SweepConfig) -> Any:
     from transformers import AutoTokenizer
 
     problems, model_path = existence_problems(cfg.data, cfg.model.name)
-    problems += embedding_problems(cfg) + eval_input_problems(cfg)
+    problems += embedding_problems(cfg) + output_problems(cfg) + eval_input_problems(cfg)
     if problems:
         fail(problems)
     try:
@@ -153,6 +153,20 @@ def eval_input_problems(cfg: SweepConfig) -> list[str]:
                 and p.kind in ("grid", "choice"):
             variants += [SweepConfig.model_validate(resolve(base, {path: v}, {})).eval for v in p.grid or p.choice]
     return input_problems(*variants)
+
+
+def output_problems(cfg: SweepConfig) -> list[str]:
+    """The run directory must be a directory this process can create and write (checked by --dry-run too)."""
+    field = "output.mirror" if "://" in cfg.output.dir else "output.dir"
+    there = cfg.run_dir
+    while not there.exists() and there != there.parent:
+        there = there.parent  # the nearest part that exists: where the sweep's directories will be made
+    if not there.is_dir():
+        return [f"{field}: {there} is a file, not a directory; give a directory for the sweeps (e.g. {field}=runs)"]
+    if not os.access(there, os.W_OK | os.X_OK):
+        return [f"{field}: {there} is not writable (a read-only filesystem or no permission); give a directory "
+                f"you can write (e.g. {field}=runs)"]
+    return []
 
 
 def diversity_embeddings(cfg: SweepConfig) -> list[tuple[str, str]]:
@@ -245,13 +259,28 @@ def length_problems(cfg: SweepConfig, tokens: Any, train: list, held_out: list) 
         line = (f"train.max_seq_len: {max_len} leaves no room for the response of {len(lost)} of {len(lengths)} "
                 f"{what} (prompts are {min(lengths)}-{max(lengths)} tokens, median "
                 f"{statistics.median(lengths):g})")
-        suggest = -(-(sorted(lengths)[int(0.9 * (len(lengths) - 1))] + 64) // 64) * 64
+
+        def room_for(prompt: int) -> int:  # the prompt and 64 response tokens, rounded up to 64, above max_len
+            return max(-(-(prompt + 64) // 64) * 64, -(-(max_len + 1) // 64) * 64)
+
         if 2 * len(lost) > len(lengths):
-            problems.append(f"{line}; raise it to at least {suggest}")
+            problems.append(f"{line}; raise it to at least {room_for(sorted(lengths)[int(0.9 * (len(lengths) - 1))])}")
         else:
-            print(f"warning: {line}; those examples are skipped (raise it to {suggest} to keep them)",
+            print(f"warning: {line}; those examples are skipped (raise it to {room_for(max(lost))} to keep them)",
                   file=sys.stderr)
     return problems
+
+
+def pool_warnings(cfg: SweepConfig, pool_size: int) -> None:
+    """selection.n above the pool: every such trial trains on the whole pool, so the levels above it are
+    the same trial; say so in the plan rather than let a sweep compare identical subsets."""
+    if cfg.selection.token_budget is not None:
+        return
+    over = sorted({n for n in _levels(cfg, "selection.n") if n is not None and n > pool_size})
+    if over:
+        print(f"warning: selection.n: {', '.join(map(str, over))} is more than the {pool_size} examples the pool "
+              f"holds after the held-out split and hygiene; such trials train on all {pool_size} (lower selection.n "
+              "or give a larger data.train)", file=sys.stderr)
 
 
 def prescore(cfg: SweepConfig, tokenizer: Any, model: Any) -> int:
@@ -315,6 +344,7 @@ def plan(cfg: SweepConfig, tokens: Any, model: Any = None) -> dict[str, Any]:
     problems = length_problems(cfg, tokens, prep.train, prep.eval)
     if problems:
         fail(problems)
+    pool_warnings(cfg, int(prep.stats["pool_size"]))
     per_epoch = prep.stats["train_tokens"]
     steps = -(-int(prep.stats["n_examples"]) // (cfg.train.batch_size * cfg.train.grad_accum))
     return {**out, "examples": f"{prep.stats['n_examples']}{note}", "tokens_per_epoch": per_epoch,
@@ -410,6 +440,16 @@ def open_storage(cfg: SweepConfig) -> Storage:
     except (OSError, ValueError) as e:  # pyarrow: unknown scheme, no credentials, no network
         fail([f"output.dir: cannot open {cfg.storage} ({str(e).splitlines()[0]}); check the URI, the "
               "credentials (e.g. AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) and the network"])
+
+
+def hold_run_dir(cfg: SweepConfig) -> None:
+    """This driver owns cfg.run_dir until it exits (harness/lock.py); another live driver there: exit 2."""
+    from harness.lock import RunDirBusy, hold
+
+    try:
+        hold(cfg.run_dir)
+    except RunDirBusy as e:
+        fail([str(e)])
 
 
 def _what_it_computes(doc: dict) -> dict:
@@ -584,6 +624,9 @@ def connect(cfg: SweepConfig) -> None:
     # results.csv replaces Tune's result.json / progress.csv, whose absence it would warn about per trial
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if address == "local":
+        from harness.reaper import watch
+
+        watch()  # Ray's agents would outlive a killed driver by up to a minute
         ray.init(address="local", include_dashboard=False, **kwargs)
         return
     try:
@@ -657,7 +700,15 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(cfg, plan(cfg, tokens))
         return 0
     store = open_storage(cfg)
-    resume = check_run_dir(cfg, args.resume, count_trials(cfg.search), store)
+    if cfg.run_dir.exists():  # one live driver per run directory: another one's is refused before anything else
+        hold_run_dir(cfg)
+    try:
+        resume = check_run_dir(cfg, args.resume, count_trials(cfg.search), store)
+    except SystemExit:
+        from harness.lock import release
+
+        release(cfg.run_dir, tidy=True)
+        raise
     model = None
     if needs_model(cfg):
         from trainables.models import load_model
@@ -674,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = cfg.model_dump(mode="json")
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    hold_run_dir(cfg)  # creates run_dir; taken already when it existed
     if resume:
         store.pull()  # a URI's results, histories and Optuna study: resume on any machine
         resume = _prepare_resume(store)
@@ -746,13 +797,11 @@ def _prepare_resume(store: Storage) -> bool:
     its first state): the sweep then starts in the same place."""
     from ray import tune
 
-    from harness.results import read_rows
-    from harness.resume import ResumeError, repair
+    from harness.resume import ResumeError, ended_trials, repair
 
     if not store.remote:
-        finished = {r["trial_id"] for r in read_rows(store.local / "results.csv") if r["status"] == "TERMINATED"}
         try:
-            notes = repair(store.local / "tune", finished)
+            notes = repair(store.local / "tune", *ended_trials(store.local))
         except ResumeError as e:
             fail([str(e)])
         for note in notes:

@@ -3,12 +3,14 @@ embedded SmolLM2-135M model (converted once into the user cache, ~20 s the first
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,35 @@ def wandb_runs(root: Path) -> dict[str, dict]:
                 run["config"][_wandb_key(item)] = json.loads(item.value_json)
             run["eval_loss"] += [json.loads(i.value_json) for i in r.history.item if _wandb_key(i) == "eval_loss"]
     return found
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A real filesystem of `size` (e.g. "40m") mounted at `path` for the test (root, as CI runs); the test
+    is skipped, saying why, only on a machine where mounting is impossible."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a filesystem on this machine ({proc.stderr.strip() or 'mount failed'}); the test "
+                    "needs root (as CI has)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path) -> Iterator[Path]:
+    """A directory this process cannot write: a read-only mount as root (root writes through permissions),
+    else one without write permission."""
+    if os.geteuid() == 0:
+        with tmpfs(path, "1m", read_only=True) as d:
+            yield d
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)

@@ -17,6 +17,15 @@ NAN = """Failure # 1 (occurred at 2026-11-23_16-26-34)
 FloatingPointError: loss became NaN/inf at step 1; lower train.lr
 """
 
+# A NaN trial with one retry (recovery.max_failures=1): the retry finds nan_loss.txt and raises the same
+# error at once, from the top of train_loop; Ray's error file holds both failures.
+NAN_RETRIED = NAN + """Failure # 2 (occurred at 2026-11-23_16-26-36)
+ray::ImplicitFunc.train() (pid=12733, ip=192.0.2.2, actor_id=f12e5fd5, repr=train_trial)
+  File "/work/trainables/qlora.py", line 197, in train_loop
+    raise FloatingPointError(nan_marker.read_text(encoding="utf-8"))
+FloatingPointError: loss became NaN/inf at step 1; lower train.lr
+"""
+
 DIED = """Failure # 1 (occurred at 2026-11-23_17-05-10)
 The actor died unexpectedly before finishing this task.
 ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.
@@ -46,6 +55,15 @@ def test_error_type_and_last_lines_of_the_traceback():
                                    "allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity) (at qlora.py:210 in "
                                    "train_trial)")
     assert error_summary("killed\nno exception line here") == ("", "killed | no exception line here")
+
+
+def test_where_a_nan_trial_failed_is_where_the_loss_became_nan():
+    # Not the retry's re-raise: the location recorded is where the loss was found NaN.
+    assert error_summary(NAN_RETRIED) == error_summary(NAN) == (
+        "FloatingPointError", "FloatingPointError: loss became NaN/inf at step 1; lower train.lr (at qlora.py:241 "
+        "in train_trial)")
+    # A retry that fails differently is recorded as it failed last.
+    assert error_summary(NAN + CUDA)[0] == "OutOfMemoryError"
 
 
 def test_secret_values_from_the_environment_are_masked(monkeypatch):

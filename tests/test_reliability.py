@@ -4,6 +4,7 @@ resumed, and planted API keys that must be used but never written anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -33,22 +34,32 @@ def history(run_dir: Path, trial_id: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def start_sweep(*args: str) -> subprocess.Popen:
-    """The driver in its own process group, so that killing the group also kills its local Ray."""
+def start_sweep(*args: str, log: Path | None = None) -> subprocess.Popen:
+    """The driver in its own process group, so that killing the group also kills its local Ray. `log`: its
+    output goes to that file (read it with output()) instead of a pipe, which a long run could fill."""
     env = {**os.environ, **PLANTED_SECRETS, "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - the child holds it; closed when it ends
+    proc = subprocess.Popen([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env, text=True,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log = log
+    if log:
+        out.close()
+    return proc
 
 
-def wait_for(proc: subprocess.Popen, condition, timeout: float = 900) -> None:
+def output(proc: subprocess.Popen) -> str:
+    return proc.log.read_text() if proc.log else proc.stdout.read()
+
+
+def wait_for(proc: subprocess.Popen, condition, timeout: float = 900, poll_s: float = 0.2) -> None:
     t0 = time.monotonic()
     while not condition():
         if proc.poll() is not None:
-            pytest.fail(f"the sweep ended before the moment to interrupt it:\n{proc.stdout.read()[-3000:]}")
+            pytest.fail(f"the sweep ended before the moment to interrupt it:\n{output(proc)[-3000:]}")
         if time.monotonic() - t0 > timeout:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("timed out waiting for the sweep")
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 # ----------------------------------------------------------------------------- failing trials
@@ -103,10 +114,19 @@ def test_a_nan_trial_is_stopped_marked_and_not_retried_in_vain(failing_run):
     rows = {float(r["config/train.lr"]): r for r in read_csv(run_dir / "results.csv", missing_ok=True)}
     bad = rows[1e37]
     assert bad["status"] == "ERROR" and bad["error_type"] == "FloatingPointError"
-    assert bad["error"].startswith("FloatingPointError: loss became NaN/inf at step 1; lower train.lr (at qlora.py:")
-    assert bad["failures"] == "2", "tried, retried once (recovery.max_failures=1), then recorded"
+    # Recorded where the loss became NaN, not where the retry raised it again.
+    source = (REPO / "trainables" / "qlora.py").read_text().splitlines()
+    found = next(i + 1 for i, line in enumerate(source) if line.strip() == "raise FloatingPointError(message)")
+    assert bad["error"] == (f"FloatingPointError: loss became NaN/inf at step 1; lower train.lr (at qlora.py:{found} "
+                            "in train_loop)")
+    # Tried, then retried once (recovery.max_failures=1): the retry found nan_loss.txt and failed at once,
+    # before loading the model (README: "its retries fail at once").
+    assert bad["failures"] == "2"
     trial = run_dir / "trials" / bad["trial_id"]
-    assert "FloatingPointError" in (trial / "error.txt").read_text()
+    failures = (trial / "error.txt").read_text().split("Failure # ")[1:]
+    at_once = next(i + 1 for i, line in enumerate(source) if "raise FloatingPointError(nan_marker" in line)
+    assert len(failures) == 2 and f"line {found}, in train_loop" in failures[0]
+    assert f"line {at_once}, in train_loop" in failures[1]
     assert (trial / "nan_loss.txt").exists() and history(run_dir, bad["trial_id"]) == []
     report = (run_dir / "report" / "report.md").read_text()
     assert "FloatingPointError" in report and "1 failed" in report
@@ -195,61 +215,137 @@ def searcher_copied_before(tune_dir: Path, trial_id: str) -> None:
         path.write_bytes(pickle.dumps(searcher))
 
 
+def last_report(run_dir: Path, trial_id: str) -> int:
+    h = history(run_dir, trial_id)
+    return h[-1]["report"] if h else 0
+
+
+def trial_ids(run_dir: Path) -> list[str]:
+    return sorted(d.name for d in (run_dir / "trials").iterdir()) if (run_dir / "trials").is_dir() else []
+
+
+def two_drivers_at_once(args: list[str]) -> subprocess.Popen:
+    """Start two drivers on one new run directory together: one runs, the other is refused in one line
+    naming it (before: both ran, six trials trained, three recorded). Returns the one that runs."""
+    logs = Path(args[1].removeprefix("output.dir="))
+    drivers = [start_sweep(*args, log=logs / f"driver{i}.log") for i in range(2)]
+    t0 = time.monotonic()
+    while all(d.poll() is None for d in drivers):
+        assert time.monotonic() - t0 < 600, "neither driver was refused"
+        time.sleep(0.2)
+    refused = next(d for d in drivers if d.poll() is not None)
+    running = next(d for d in drivers if d is not refused)
+    said = output(refused).strip().splitlines()
+    assert refused.returncode == 2 and running.poll() is None, said[-5:]
+    assert said[-1].startswith("error: output.dir: ") and f"is in use by another driver (pid {running.pid} on " in said[-1]
+    return running
+
+
+def ray_of(driver: subprocess.Popen) -> list:
+    import psutil
+
+    return [p for p in psutil.Process(driver.pid).children(recursive=True) if "harness.reaper" not in " ".join(p.cmdline())]
+
+
+def kill_driver_alone(driver: subprocess.Popen) -> float:
+    """kill -9 of the driver process only: its local Ray (GCS, raylet, agents, workers) must go with it
+    (before: ray::DashboardAgent and ray::RuntimeEnvAgent lived on for 20-70 s). Returns how long it took."""
+    import psutil
+
+    left = ray_of(driver)
+    assert any(p.name() == "raylet" for p in left)
+    t0 = time.monotonic()
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    _, alive = psutil.wait_procs(left, timeout=15)
+    assert not alive, f"outlived the driver by 15 s: {[p.name() for p in alive]}"
+    return time.monotonic() - t0
+
+
+def kill_at(driver: subprocess.Popen, run_dir: Path, moment, after_s: float = 0.0) -> dict[str, bytes]:
+    """kill -9 the driver (and its Ray) at `moment` (polled every 20 ms), `after_s` later; returns the
+    histories, as they were, of the trials whose final report the driver had recorded."""
+    wait_for(driver, moment, poll_s=0.02)
+    time.sleep(after_s)
+    with contextlib.suppress(ProcessLookupError):  # it may have finished in those after_s
+        os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    kill_trial_workers(run_dir)
+    return {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in trial_ids(run_dir)
+            if last_report(run_dir, t) == 4}
+
+
 def test_sigkill_of_the_driver_then_resume(tmp_path):
-    """Kill the whole driver (its Ray too) once a trial has finished and another is half-way, then
-    --resume: finished trials are kept as they were, the interrupted one goes on from its checkpoint,
-    the Optuna searcher's state comes back (no extra trials), and the plan's trials all finish."""
+    """Kill the whole driver (its Ray too) just before, at, and just after a trial's end, each time
+    --resume: a trial whose end the driver had recorded is never trained again (before: one killed as its
+    .ended marker appeared was trained again from checkpoint 3), interrupted ones go on from their last
+    checkpoint, the Optuna searcher's state comes back (no extra trials), and the plan's trials all finish.
+    Also: one driver per run directory (a second, with or without --resume, is refused naming the first),
+    and a driver killed alone takes its Ray processes with it."""
     args = ["sweeps/smoke.yaml", f"output.dir={tmp_path}", "name=resume", *TINY, "--no-report"]
     run_dir = tmp_path / "resume"
-    proc = start_sweep(*args)
+    driver = two_drivers_at_once(args)
+    wait_for(driver, lambda: any(last_report(run_dir, t) >= 1 for t in trial_ids(run_dir)))
+    again = run_sweep(*args, "--resume")  # what the refusal used to suggest: it broke the running sweep
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith(
+        f"error: output.dir: {run_dir} is in use by another driver (pid {driver.pid} on "), again.stderr[-2000:]
 
-    def finished_and_half_way() -> bool:
-        rows = read_csv(run_dir / "results.csv", missing_ok=True)
-        done = [r for r in rows if r["status"] == "TERMINATED"]
-        return bool(done) and any(r["status"] == "RUNNING" and 2 <= len(history(run_dir, r["trial_id"])) < 4
-                                  for r in rows)
-
-    wait_for(proc, finished_and_half_way)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # 1. Just before a trial's end: its third of four reports. The driver alone is killed.
+    wait_for(driver, lambda: any(last_report(run_dir, t) == 3 for t in trial_ids(run_dir)), poll_s=0.02)
+    before = next(t for t in trial_ids(run_dir) if last_report(run_dir, t) == 3)
+    kill_driver_alone(driver)
     kill_trial_workers(run_dir)
-    before = {r["trial_id"]: r for r in read_csv(run_dir / "results.csv", missing_ok=True)}
-    done = {t: r for t, r in before.items() if r["status"] == "TERMINATED"}
-    kept_history = {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in done}
+    ended = {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in trial_ids(run_dir)
+             if last_report(run_dir, t) == 4}
 
-    # Four things a kill can leave behind, made certain here: the saved state points at a checkpoint that
-    # pruning has already replaced by a newer one, a trial ended after the last saved state (Optuna knows,
-    # Ray does not), the saved state file is cut short, and the searcher's file beside it is older.
+    # Three things a kill can leave behind, made certain here: the saved state points at a checkpoint that
+    # pruning has already replaced by a newer one, the saved state file is cut short, and the searcher's
+    # file beside it is older.
     tune_dir = run_dir / "tune"
     interrupted = None
     for trial, meta in trials_of(saved_state(tune_dir)):  # the state --resume will restore
         wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
-        if trial["status"] == "RUNNING" and wanted and trial["trial_id"] not in done:
+        if trial["status"] == "RUNNING" and wanted and trial["trial_id"] not in ended:
             trial_dir = tune_dir / trial["relative_logdir"]
             newest = max(int(d.name.split("_")[1]) for d in trial_dir.glob("checkpoint_*"))
             (trial_dir / wanted).rename(trial_dir / f"checkpoint_{newest + 1:06d}")
             interrupted = trial["trial_id"]
     assert interrupted, "a half-way trial with a saved checkpoint"
-    saved_before_it_ended(tune_dir, next(iter(done)))
     searcher_copied_before(tune_dir, interrupted)
     state_file = sorted(tune_dir.glob("experiment_state-*.json"))[-1]
     state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])
 
+    # 2. At a trial's end: the moment its final report is recorded.
+    def a_new_end() -> bool:
+        return any(last_report(run_dir, t) == 4 for t in set(trial_ids(run_dir)) - set(ended))
+
+    driver = start_sweep(*args, "--resume", log=tmp_path / "resume2.log")  # the killed driver's lock is not stuck
+    ended |= kill_at(driver, run_dir, a_new_end)
+    out = [output(driver)]
+    assert "was cut short by the kill; restored Ray's complete copy" in out[-1]
+    assert f"trial {interrupted}: checkpoint_" in out[-1]
+
+    # 3. Just after a trial's end (Ray 2.60 still calls it RUNNING for 0.05-0.42 s, measured).
+    driver = start_sweep(*args, "--resume", log=tmp_path / "resume3.log")
+    ended |= kill_at(driver, run_dir, a_new_end, after_s=0.3)
+    out.append(output(driver))
+    # And a trial ended after the last saved state (Optuna knows, Ray does not): made certain.
+    saved_before_it_ended(tune_dir, sorted(ended)[-1])
+
+    # 4. To the end.
     resumed = run_sweep(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "was cut short by the kill; restored Ray's complete copy" in resumed.stdout
-    assert f"trial {interrupted}: checkpoint_" in resumed.stdout
-
     after = {r["trial_id"]: r for r in read_csv(run_dir / "results.csv", missing_ok=True)}
     assert len(after) == 3 and all(r["status"] == "TERMINATED" for r in after.values()), after
-    for t, row in done.items():  # finished trials were not run again
-        assert {k: after[t][k] for k in row} == row
-        assert (run_dir / "trials" / t / "metrics.jsonl").read_bytes() == kept_history[t]
-    assert int(after[interrupted]["resumed_from_report"]) >= 1
+    assert len(ended) >= 2, f"two trials ended before a kill: {sorted(ended)}"
+    for t, kept in ended.items():  # never trained again: its history as it was, no report from a retrained step
+        assert (run_dir / "trials" / t / "metrics.jsonl").read_bytes() == kept, t
+        assert after[t].get("resumed_from_report", "") in ("", "4"), (t, after[t])
     for t in after:
-        assert [e["report"] for e in history(run_dir, t)] == [1, 2, 3, 4]
-    h = history(run_dir, interrupted)
-    assert h[0]["pid"] != h[-1]["pid"], "the interrupted trial went on in a new worker"
+        assert [e["report"] for e in history(run_dir, t)] == [1, 2, 3, 4], t
+    assert int(after[before]["resumed_from_report"]) >= 1, "went on from its checkpoint"
+    assert int(after[interrupted]["resumed_from_report"]) >= 1
+    assert "Traceback" not in "".join(out) + resumed.stdout + resumed.stderr
 
     import optuna  # the searcher state came back: the same study holds every finished trial's value
 

@@ -36,3 +36,28 @@ def test_trial_ids_that_look_like_numbers_stay_text_and_best_yaml_names_the_tria
 
 def test_no_results_file_reads_as_no_rows(tmp_path):
     assert read_rows(tmp_path / "results.csv") == []
+
+
+def test_a_trial_is_recorded_as_ended_the_moment_it_ends(tmp_path):
+    """Ray 2.60 calls on_trial_complete / on_trial_error before it changes the trial's status (measured:
+    RUNNING for 0.05-0.42 s), so the row follows the driver's .ended marker, not the status."""
+    from types import SimpleNamespace
+
+    from harness.results import trial_row
+
+    (tmp_path / "error.txt").write_text('Failure # 1\n  File "/w/trainables/qlora.py", line 9, in train_loop\n'
+                                        "OSError: boom\n")
+    last = {"step": 4, "total_steps": 4, "eval_loss": 1.5}
+
+    def row(status: str, ended: str | None, result: dict = last) -> dict:
+        trial = SimpleNamespace(trial_id="t1", status=status, config={}, last_result=result, error_file=None,
+                                run_metadata=SimpleNamespace(num_failures=1))
+        return trial_row(trial, [], [], 4, ended=ended, error_copy=tmp_path / "error.txt")
+
+    assert row("RUNNING", "complete")["status"] == "TERMINATED"
+    assert row("RUNNING", "complete", {"step": 2, "total_steps": 4})["status"] == "EARLY_STOPPED"
+    failed = row("RUNNING", "error")
+    assert (failed["status"], failed["error_type"], failed["error"]) == (
+        "ERROR", "OSError", "OSError: boom (at qlora.py:9 in train_loop)")
+    assert row("RUNNING", None)["status"] == "RUNNING"
+    assert row("TERMINATED", None, {"step": 2, "total_steps": 4})["status"] == "INTERRUPTED"  # Ctrl-C

@@ -43,27 +43,63 @@ def test_each_unfinished_trial_goes_on_from_the_right_checkpoint(tune_dir):
         "ended": ("RUNNING", "checkpoint_000002", [1, 2, 3]),
         # half-way, its saved checkpoint still there: as saved, though a newer one exists
         "half": ("RUNNING", "checkpoint_000001", [0, 1, 2]),
-        # stopped early after the last saved state (results.csv: EARLY_STOPPED): as saved, so that it
-        # reports at its rung again and the scheduler stops it again
+        # stopped early by the scheduler after the last saved state (its .ended marker): from its newest
+        # checkpoint too, where it only says its last report again (it must not train on to its rung again)
         "cut": ("RUNNING", "checkpoint_000000", [0, 1]),
         # the saved checkpoint pruned since: the newest takes its name, the ones between go
         "pruned": ("PENDING", "checkpoint_000001", [0, 3, 4]),
         # ended in the saved state: untouched
         "done": ("TERMINATED", "checkpoint_000001", [0, 1]),
     })
-    notes = repair(tune_dir, finished={"ended", "done"})
+    notes = repair(tune_dir, finished={"ended", "cut", "done"})
 
     assert checkpoints(tune_dir, "ended") == {"checkpoint_000001": "report 2", "checkpoint_000002": "report 4"}
     assert checkpoints(tune_dir, "half") == {f"checkpoint_{i:06d}": f"report {i + 1}" for i in range(3)}
-    assert checkpoints(tune_dir, "cut") == {"checkpoint_000000": "report 1", "checkpoint_000001": "report 2"}
+    assert checkpoints(tune_dir, "cut") == {"checkpoint_000000": "report 2"}
     assert checkpoints(tune_dir, "pruned") == {"checkpoint_000000": "report 1", "checkpoint_000001": "report 5"}
     assert checkpoints(tune_dir, "done") == {"checkpoint_000000": "report 1", "checkpoint_000001": "report 2"}
     assert notes == [
-        "trial ended: had finished after the last saved state; it reports its end again from its final "
+        "trial ended: had ended after the last saved state; it reports its last result again from its final "
         "checkpoint_000003",
+        "trial cut: had ended after the last saved state; it reports its last result again from its final "
+        "checkpoint_000001",
         "trial pruned: checkpoint_000001 had been pruned after the last saved state; it goes on from its newer "
         "checkpoint_000004",
     ]
+
+
+def test_a_trial_that_failed_after_the_last_saved_state_stays_failed(tune_dir):
+    saved(tune_dir, {"failed": ("RUNNING", "checkpoint_000001", [0, 1]), "half": ("RUNNING", "checkpoint_000001", [0, 1])})
+    assert repair(tune_dir, failed={"failed"}) == ["trial failed: had failed after the last saved state; kept as failed"]
+    state = json.loads(next(tune_dir.glob("experiment_state-*.json")).read_text())
+    assert {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in state["trial_data"]} == {
+        "failed": "ERROR", "half": "RUNNING"}
+
+
+def test_which_trials_had_ended_by_the_drivers_records(tmp_path):
+    """The driver marks a trial ended the moment it ends (trials/<id>/.ended, before Ray changes its
+    status); a final report in its history counts too, and so does results.csv."""
+    from harness.results import write_csv
+    from harness.resume import ended_trials
+
+    def trial(trial_id: str, marker: str | None = None, reports: tuple[int, ...] = ()) -> None:
+        d = tmp_path / "trials" / trial_id
+        d.mkdir(parents=True)
+        if marker is not None:
+            (d / ".ended").write_text(marker)
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"report": r, "step": r, "total_steps": 4}) + "\n"
+                                                 for r in reports))
+
+    trial("complete", "complete", (1, 2, 3, 4))
+    trial("stopped", "complete", (1, 2))        # stopped early by the scheduler
+    trial("older", "", (1, 2))                  # an empty marker (written by earlier versions): ended
+    trial("final", None, (1, 2, 3, 4))          # killed between its last report and the marker
+    trial("failed", "error", (1,))
+    trial("half", None, (1, 2, 3))
+    trial("csv", None, (1,))
+    write_csv(tmp_path / "results.csv", [{"trial_id": "csv", "status": "TERMINATED"},
+                                         {"trial_id": "half", "status": "RUNNING"}])
+    assert ended_trials(tmp_path) == ({"complete", "stopped", "older", "final", "csv"}, {"failed"})
 
 
 def test_a_pruned_checkpoint_with_nothing_newer_is_left_to_ray(tune_dir):

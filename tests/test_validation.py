@@ -13,10 +13,13 @@ from conftest import run_sweep
 from harness.config import load_sweep
 from harness.results import write_csv
 from harness.sweep import main, run_metadata
+from trainables.paths import find_data
 
 LIST_OR_ALL = "lora.target_modules: Input should be a valid list or 'all-linear' (got 7)"
 NO_ROOM = ("train.max_seq_len: 32 leaves no room for the response of {} (prompts are {}); raise it to at least 128")
 MCQ = ["eval.mcq=[{name: mmlu, preset: mmlu, n_per_subject: 1}]"]
+NAME = ("name: must be a plain directory name (letters, digits, _ . -; no slash, not starting with a dot, so neither "
+        ". nor ..); e.g. name=lora_rank_2 (got {})")
 JUDGE = ["eval.generate.data=eval/evol_instruct_gt.json", "eval.judge.enabled=true",
          "eval.judge.base_url=https://api.example.com/v1", "eval.judge.api_key_env=HARNESS_TEST_UNSET_KEY"]
 
@@ -53,7 +56,18 @@ CASES = [
     (["train.scheduler=cosine_restarts"], ["train.scheduler: Input should be 'linear', 'cosine', 'constant' or "
                                            "'constant_with_warmup' (got 'cosine_restarts')"]),
     (["wandb.mode=cloud"], ["wandb.mode: Input should be 'offline', 'online' or 'disabled' (got 'cloud')"]),
-    (["name=bad/name"], ["name: String should match pattern '^[A-Za-z0-9_.-]+$' (got 'bad/name')"]),
+    (["name=bad/name"], [NAME.format("'bad/name'")]),
+    # a name is one plain path component: '..' would write the sweep into output.dir's parent, '.' into itself
+    (["name=.."], [NAME.format("'..'")]),
+    (["name=."], [NAME.format("'.'")]),
+    (["name=.hidden"], [NAME.format("'.hidden'")]),
+    # true/false is not a number, and numbers are finite
+    (["train.epochs=true"], ["train.epochs: Input should be a number, not true or false (got True)"]),
+    (["lora.alpha=false"], ["lora.alpha: Input should be a number, not true or false (got False)"]),
+    (["train.lr=.inf"], ["train.lr: Input should be a finite number (got inf)"]),
+    (["train.lr=.nan"], ["train.lr: Input should be a finite number (got nan)"]),
+    (["search.space={train.lr: {choice: [0.001, .inf]}}"],
+     ["search.space.train.lr: value inf is invalid: train.lr: Input should be a finite number (got inf)"]),
     (["selection.strategy=bestest"], ["selection.strategy: unknown strategy 'bestest'; choose one of: diversity, "
                                       "first, ifd, longest, longest_matched, loss, random, score, weighted"]),
     (["selection.embedding=bert"], ["selection.embedding: Input should be 'auto', 'tfidf' or 'sentence' (got 'bert')"]),
@@ -123,6 +137,15 @@ CASES = [
                                     "like 'org/name'"]),
     (["data.train=/nonexistent/pool.json"], ["data.train: '/nonexistent/pool.json' not found (looked in: "
                                              "/nonexistent/pool.json); set HARNESS_DATA_DIR or fix the path"]),
+    # a directory where a data file belongs
+    (["data.train=alpaca"], [f"data.train: 'alpaca' is a directory ({find_data('alpaca')}), not a data file; give "
+                             "a json, jsonl, csv or parquet file"]),
+    (["data.eval=alpaca"], [f"data.eval: 'alpaca' is a directory ({find_data('alpaca')}), not a data file; give "
+                            "a json, jsonl, csv or parquet file"]),
+    (["eval.perplexity=[classical_zh]"], [f"eval.perplexity: perplexity file 'classical_zh' is a directory "
+                                          f"({find_data('classical_zh')}), not a file; give the data file itself"]),
+    (["train.device=cuda"], ["train.device: cuda, but this machine has no CUDA GPU; use train.device: auto (the GPU "
+                             "where there is one) or cpu, or run on a cluster with --address"]),
     (["eval.perplexity=[nope/missing.json]"],
      ["eval.perplexity: perplexity file 'nope/missing.json' not found (relative paths are looked up under "
       "HARNESS_DATA_DIR, the working directory and ../shared/data)"]),
@@ -158,7 +181,7 @@ def refused(args: list[str], capsys) -> list[str]:
 
 @pytest.mark.parametrize("overrides, expected", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
 def test_malformed_sweep_is_refused_with_its_exact_message(overrides, expected, tmp_path, capsys, monkeypatch):
-    if "resources.gpus_per_trial=1" in overrides and torch.cuda.is_available():
+    if {"resources.gpus_per_trial=1", "train.device=cuda"} & set(overrides) and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     monkeypatch.delenv("HARNESS_TEST_UNSET_KEY", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # and no `wandb login` either:
@@ -182,6 +205,120 @@ def test_malformed_sweep_file(text, expected, tmp_path, capsys):
     if text is not None:
         path.write_text(text)
     assert refused([str(path)], capsys) == ["error: " + expected.format(path=path)]
+
+
+@pytest.mark.parametrize("content, expected", [
+    # a key given twice: the second `train:` would silently replace the whole first section
+    ("name: x\ntrain:\n  epochs: 2\nlora: {r: 4}\ntrain:\n  lr: 0.1\n",
+     "{path}: not valid YAML at line 5: key 'train' appears twice in one mapping (line 2 and line 5); the second "
+     "would replace the first: merge them into one"),
+    ("", "{path}: the sweep file is empty; give at least what to vary (see sweeps/smoke.yaml)"),
+    ("# only a comment\n", "{path}: the sweep file is empty; give at least what to vary (see sweeps/smoke.yaml)"),
+    (b"name: x\n\xca\xfe\n", "{path}: not UTF-8 text (byte 8 is 0xca); save the sweep file as UTF-8 YAML"),
+    ("name: x\nloop: &a [1, *a]\n", "{path}: not valid YAML at line 2: an alias refers to the mapping or list that "
+                                    "contains it (it would never end); remove the alias"),
+    (None, "sweep file '{path}' is a directory, not a file; pass a YAML file such as sweeps/lora_rank.yaml"),
+], ids=["duplicate key", "empty", "comments only", "not utf-8", "recursive alias", "a directory"])
+def test_a_sweep_file_that_is_no_sweep(content, expected, tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert refused([str(path), f"output.dir={tmp_path / 'runs'}"], capsys) == ["error: " + expected.format(path=path)]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_merge_key_may_override_what_it_merges(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\ntrain:\n  <<: {epochs: 2, lr: 0.1}\n  epochs: 3\n")
+    cfg, _ = load_sweep(path)
+    assert (cfg.train.epochs, cfg.train.lr) == (3, 0.1)
+
+
+def test_nested_aliases_are_refused_fast_and_small(tmp_path):
+    """A "billion laughs" file: 350 bytes that expand to 9^9 values (before: 373 s and 10 GB, measured)."""
+    import resource
+    import subprocess
+    import sys
+
+    lines = ["name: x", "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"{c}: &{c} [{', '.join(['*' + prev] * 9)}]" for prev, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    code = ("import resource, sys, time\nfrom harness.config import ConfigError, load_sweep\nt = time.perf_counter()\n"
+            f"try:\n    load_sweep({str(path)!r})\nexcept ConfigError as e:\n    print(e.problems[0])\n"
+            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30)))
+    message, figures = proc.stdout.strip().splitlines()
+    assert message == (f"{path}: not valid YAML at line 7: its aliases expand to more than 100,000 values; write "
+                       "the values out, or use fewer nested aliases")
+    seconds, peak_kb = figures.split()
+    assert float(seconds) < 5 and int(peak_kb) < 500 * 1024  # measured 0.01 s, 33 MB (the process with imports)
+
+
+def test_a_search_space_entry_given_as_an_override():
+    # The entry's key is a dotted path itself: search.space.lora.r is the entry 'lora.r', not lora -> r.
+    cfg, _ = load_sweep("sweeps/smoke.yaml", ["search.algorithm=random", "search.space.lora.r={choice: [4, 16]}",
+                                              "search.space.lora.alpha.times=4", "search.space.train.lr={choice: [0.01]}"])
+    space = {k: v.model_dump(exclude_defaults=True) for k, v in cfg.search.space.items()}
+    assert space == {"lora.r": {"choice": [4, 16]}, "lora.alpha": {"tie": "lora.r", "times": 4.0},
+                     "train.lr": {"choice": [0.01]}}
+
+
+def test_output_dir_that_is_a_file_is_refused_by_dry_run_too(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    for flags in ([], ["--dry-run"]):
+        assert refused(["sweeps/smoke.yaml", f"output.dir={afile}", *flags], capsys) == [
+            f"error: output.dir: {afile} is a file, not a directory; give a directory for the sweeps (e.g. "
+            "output.dir=runs)"]
+
+
+def test_a_read_only_output_dir_is_refused_by_dry_run_too(tmp_path, capsys):
+    from conftest import read_only_dir
+
+    with read_only_dir(tmp_path / "ro") as ro:
+        for flags in ([], ["--dry-run"]):
+            assert refused(["sweeps/smoke.yaml", f"output.dir={ro / 'runs'}", *flags], capsys) == [
+                f"error: output.dir: {ro} is not writable (a read-only filesystem or no permission); give a "
+                "directory you can write (e.g. output.dir=runs)"]
+
+
+def test_a_binary_data_file_names_the_field_and_the_file(tmp_path, capsys):
+    pool = tmp_path / "pool.json"
+    pool.write_bytes(b"\xca\xfe\xba\xbe" * 64)
+    assert refused(["sweeps/smoke.yaml", f"data.train={pool}", "--dry-run"], capsys) == [
+        f"error: data.train: {pool} is not UTF-8 text (byte 0 is 0xca: a binary file?); give a json, jsonl or csv "
+        "file saved as UTF-8, or a .parquet file"]
+
+
+def test_the_plan_warns_of_what_the_data_cannot_give(capsys):
+    # selection.n above the pool, and a max_seq_len that cuts a few prompts: the advice names a length that
+    # keeps them (it once advised raising 128 to 128).
+    assert main(["sweeps/smoke.yaml", "--dry-run", "data.train=alpaca/alpaca_en_demo.json", "selection.n=5000"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "warning: train.max_seq_len: 128 leaves no room for the response of 6 of 977 selected training examples "
+        "(prompts are 34-200 tokens, median 45); those examples are skipped (raise it to 320 to keep them)",
+        "warning: selection.n: 5000 is more than the 977 examples the pool holds after the held-out split and "
+        "hygiene; such trials train on all 977 (lower selection.n or give a larger data.train)"]
+
+
+def test_a_hub_model_that_is_not_here_fails_fast_offline(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network (CI's hub is unreachable too)
+    t0 = time.monotonic()
+    err = refused(["sweeps/smoke.yaml", "--dry-run", "model.name=nobody-here/no-such-model"], capsys)
+    assert time.monotonic() - t0 < 20  # was 48.6 s of retries before the error (measured)
+    from huggingface_hub import constants
+
+    assert err == [f"error: model.name: 'nobody-here/no-such-model' is not in the Hugging Face cache "
+                   f"({constants.HF_HUB_CACHE}) and the hub (https://huggingface.co) cannot be reached from here; "
+                   "download it where there is network (`huggingface-cli download nobody-here/no-such-model`) and "
+                   "copy the cache, or give a local checkpoint directory"]
 
 
 def _earlier_run(out, overrides=(), statuses=("TERMINATED", "RUNNING", "PENDING")):

@@ -76,10 +76,50 @@ def _resolve_local(name: str) -> str | None:
     return None
 
 
+_OFF = ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) answers a TCP connect within `timeout`; False under
+    HF_HUB_OFFLINE. Behind a proxy the client is left to try (a direct connect says nothing there)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in _OFF:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _resolve_hub(name: str) -> str | None:
-    # Shape check only: whether it downloads is transformers' business (hub or HF_HUB_CACHE).
+    """A hub id found in the local Hugging Face cache, or on a hub this machine reaches. Checked once, in a
+    few seconds: transformers would retry an unreachable hub for ~50 s before its error."""
+    import os
+
     parts = name.split("/")
-    return name if len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) else None
+    if not (len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))):
+        return None
+    reachable = hub_reachable()
+    if not reachable:  # before huggingface_hub reads it: the cache is used without asking the network
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if reachable or isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return name
+    raise ModelNotFound(
+        f"model.name: {name!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
+        f"({os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}) cannot be reached from here; download it "
+        f"where there is network (`huggingface-cli download {name}`) and copy the cache, or give a local "
+        "checkpoint directory"
+    )
 
 
 RESOLVERS: dict[str, Callable[[str], str | None]] = {

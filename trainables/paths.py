@@ -69,3 +69,17 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# trials/<id>/.ended: written by the driver (harness/results.py) the moment a trial ends, holding how:
+# "complete" (ran to its end or was stopped by the scheduler) or "error" (failed for good). A trial that
+# Ray resumes after a kill reads it: a complete trial must never train again.
+ENDED = ".ended"
+
+
+def trial_ended(trial_dir: Path) -> str | None:
+    """How the trial in `trial_dir` ended ("complete" or "error"), or None while it has not."""
+    try:
+        return (Path(trial_dir) / ENDED).read_text(encoding="utf-8").strip() or "complete"  # older runs: empty
+    except OSError:
+        return None

@@ -41,7 +41,7 @@ from trainables.batching import (
     token_loss_sum,
 )
 from trainables.data.tokenize import IGNORE, worker_tokens
-from trainables.paths import atomic_write_text
+from trainables.paths import atomic_write_text, trial_ended
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -274,7 +274,9 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
         positions, heldout_seconds = state["positions"], state["heldout_seconds"]
         torch.set_rng_state(state["rng"])
         resumed = {"resumed_from_report": state["metrics"]["report"]}
-        if step >= total_steps:  # finished before the driver died: say so again (its own figures), nothing to train
+        # Finished, or stopped by the scheduler (the driver's .ended marker), before the driver died: say its
+        # last report again (its own figures), nothing to train.
+        if step >= total_steps or trial_ended(trial_dir) == "complete":
             session.report({**state["metrics"], **resumed})
             return
 

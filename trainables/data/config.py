@@ -6,15 +6,33 @@ can set it by dotted path; only data.fields and the file lists are nested.
 
 from __future__ import annotations
 
-from typing import Literal
+import types
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """int, float, or a union of them (with None): a field where true/false can only be a mistake."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return annotation in (int, float)
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors (typos must not become silent defaults)."""
+    """Unknown keys are errors (typos must not become silent defaults); numbers are finite, and true/false
+    is not a number (pydantic would read `epochs: true` as 1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, bool) and info.field_name and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("Input should be a number, not true or false")
+        return v
 
 
 class DataConfig(Strict):

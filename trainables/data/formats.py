@@ -266,6 +266,9 @@ def resolve_data_path(path: str, field_name: str = "data.train") -> Path:
     if found is None:
         looked = ", ".join(str(d / path) for d in data_dirs()) if not Path(path).is_absolute() else path
         raise DataNotFound(f"{field_name}: {path!r} not found (looked in: {looked}); set HARNESS_DATA_DIR or fix the path")
+    if not found.is_file():
+        raise DataNotFound(f"{field_name}: {path!r} is a directory ({found}), not a data file; give a json, jsonl, "
+                           "csv or parquet file")
     return found
 
 
@@ -368,7 +371,11 @@ def load_with_report(
         rows, source = _hub_rows(path, split, field_name), path.removeprefix(_HF_PREFIX)
     else:
         file = resolve_data_path(path, field_name)
-        rows, source = read_any(file), file.name
+        try:
+            rows, source = read_any(file), file.name
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{field_name}: {file} is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}: a "
+                          "binary file?); give a json, jsonl or csv file saved as UTF-8, or a .parquet file") from None
     report = LoadReport(source=source, rows=len(rows))
     out: list[Example] = []
     for i, row in enumerate(rows):

@@ -25,10 +25,14 @@ if TYPE_CHECKING:
     from trainables.evaluate.judge_prompts import PromptSet
 
 
-def _must_exist(path: str, what: str) -> str:
-    if find_data(path) is None:
+def _must_exist(path: str, what: str, file: bool = False) -> str:
+    """`file`: it must be a file (a directory is fine for an MCQ benchmark's folder of CSVs)."""
+    found = find_data(path)
+    if found is None:
         raise ValueError(f"{what} {path!r} not found (relative paths are looked up under HARNESS_DATA_DIR, "
                          "the working directory and ../shared/data)")
+    if file and not found.is_file():
+        raise ValueError(f"{what} {path!r} is a directory ({found}), not a file; give the data file itself")
     return path
 
 
@@ -259,7 +263,7 @@ class GenerateConfig(Strict):
     @field_validator("data")
     @classmethod
     def _data(cls, v: str | None) -> str | None:
-        return None if v is None else _must_exist(v, "generate.data")
+        return None if v is None else _must_exist(v, "generate.data", file=True)
 
 
 # USD per 1M (prompt, completion) tokens of common judge models, for the cost estimate when the
@@ -354,7 +358,7 @@ class JudgeConfig(Strict):
     @field_validator("template")
     @classmethod
     def _template(cls, v: str | None) -> str | None:
-        return None if v is None else _must_exist(v, "judge.template")
+        return None if v is None else _must_exist(v, "judge.template", file=True)
 
     @model_validator(mode="after")
     def _prompts(self) -> JudgeConfig:
@@ -376,7 +380,7 @@ class JudgeConfig(Strict):
     @field_validator("references")
     @classmethod
     def _refs(cls, v: str | None) -> str | None:
-        return None if v is None else _must_exist(v, "judge.references")
+        return None if v is None else _must_exist(v, "judge.references", file=True)
 
 
 class EvalConfig(Strict):
@@ -409,7 +413,7 @@ class EvalConfig(Strict):
     @classmethod
     def _ppl(cls, v: list[PerplexitySet]) -> list[PerplexitySet]:
         for p in v:
-            _must_exist(p.path, "perplexity file")
+            _must_exist(p.path, "perplexity file", file=True)
         names = [p.name for p in v]
         if len(set(names)) != len(names):
             raise ValueError("perplexity files must have distinct names (metric names are ppl_<name>; "
