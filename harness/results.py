@@ -22,7 +22,6 @@ import yaml
 from ray import tune
 
 from trainables.paths import atomic_write_text
-from trainables.secrets import redact
 
 LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures"]
 TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
@@ -59,10 +58,13 @@ def error_summary(text: str) -> tuple[str, str]:
 
 
 def _trial_error(trial: Any) -> tuple[str, str]:
-    path = getattr(trial, "error_file", None)
-    if not path or not Path(path).exists():
-        return "", ""
-    return error_summary(Path(path).read_text(errors="replace"))
+    """Ray's error.txt of the trial: in this run's session, else in the sweep's storage (after --resume
+    the session that wrote it is gone; Ray copied it to tune/<trial>/)."""
+    saved = getattr(trial, "path", None)
+    for path in (getattr(trial, "error_file", None), saved and f"{saved}/error.txt"):
+        if path and Path(path).is_file():
+            return error_summary(Path(path).read_text(errors="replace"))
+    return "", ""
 
 
 def _failures(trial: Any) -> int:
@@ -177,7 +179,7 @@ class ResultsWriter(tune.Callback):
 
         space = SweepConfig.model_validate(self.base).search.space
         full = resolve(self.base, trial.config, space)
-        atomic_write_text(self._trial_dir(trial) / "config.json", redact(json.dumps(full, indent=2, default=str)))
+        atomic_write_text(self._trial_dir(trial) / "config.json", json.dumps(full, indent=2, default=str))
         self.write(trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -201,8 +203,7 @@ class ResultsWriter(tune.Callback):
         (self._trial_dir(trial) / ENDED).touch()
         # Ray keeps the traceback in its session dir; keep a copy with the trial's other files.
         if trial.error_file and Path(trial.error_file).exists():
-            text = redact(Path(trial.error_file).read_text(errors="replace"))
-            atomic_write_text(self._trial_dir(trial) / "error.txt", text)
+            atomic_write_text(self._trial_dir(trial) / "error.txt", Path(trial.error_file).read_text(errors="replace"))
         self.write(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
