@@ -22,7 +22,7 @@ micro-batch must agree on it to numerical noise (LoRA's B starts at 0, dropout c
 
 On a CUDA machine the same command loads the model in 4-bit nf4 with bf16 compute and adds peak
 memory (torch.cuda.max_memory_allocated) and model FLOPs utilisation (6 x matmul params per token
-over the GPU's dense bf16 peak). Results: a table on stdout and bench/results/bench_train-<time>.json.
+over the GPU's dense bf16 peak). Results: a table on stdout and bench/results/bench_train-<time>.json (--out DIR).
 """
 
 from __future__ import annotations
@@ -594,6 +594,7 @@ def main() -> None:
     ap.add_argument("--time-to-best", action="store_true", help="ASHA+TPE vs grid with real sweeps (slow)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile runner")
     ap.add_argument("--checkpointing", action="store_true", help="add a gradient-checkpointing runner")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"), help="directory of the result JSON")
     args = ap.parse_args()
     only = {o.strip() for o in args.only.split(",") if o.strip()}
     sections = {"load", "throughput", "sweep", "scaling", "ttb"} & only or \
@@ -618,7 +619,7 @@ def main() -> None:
         "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version,
         "load_average": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }}
-    out = REPO / "bench" / "results"
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench_train-{time.strftime('%Y%m%d-%H%M%S')}.json"
 

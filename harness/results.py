@@ -23,7 +23,6 @@ from ray import tune
 
 from harness.config import TRAIN_METRICS
 from trainables.paths import ENDED, atomic_write_text, trial_ended
-from trainables.secrets import redact
 
 LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures"]
 PUSH_EVERY_S = 10.0
@@ -69,10 +68,11 @@ def error_summary(text: str) -> tuple[str, str]:
 def _trial_error(trial: Any, copy: Path | None = None) -> tuple[str, str]:
     """From Ray's error file, else from the trial's own copy (`copy`: trials/<id>/error.txt; Ray's saved
     state may predate the failure when a kill came just after it)."""
-    path = getattr(trial, "error_file", None)
-    for candidate in (Path(path) if path else None, copy):
-        if candidate is not None and candidate.exists():
-            return error_summary(candidate.read_text(errors="replace"))
+    saved = getattr(trial, "path", None)  # after --resume the session that wrote error_file is gone;
+    # Ray copied it to tune/<trial>/
+    for path in (getattr(trial, "error_file", None), saved and f"{saved}/error.txt", copy):
+        if path and Path(path).is_file():
+            return error_summary(Path(path).read_text(errors="replace"))
     return "", ""
 
 
@@ -199,7 +199,7 @@ class ResultsWriter(tune.Callback):
             (self._trial_dir(trial) / ENDED).unlink(missing_ok=True)
         space = SweepConfig.model_validate(self.base).search.space
         full = resolve(self.base, trial.config, space)
-        atomic_write_text(self._trial_dir(trial) / "config.json", redact(json.dumps(full, indent=2, default=str)))
+        atomic_write_text(self._trial_dir(trial) / "config.json", json.dumps(full, indent=2, default=str))
         self.write(trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -227,8 +227,7 @@ class ResultsWriter(tune.Callback):
         self._ended(trial, "error")
         # Ray keeps the traceback in its session dir; keep a copy with the trial's other files.
         if trial.error_file and Path(trial.error_file).exists():
-            text = redact(Path(trial.error_file).read_text(errors="replace"))
-            atomic_write_text(self._trial_dir(trial) / "error.txt", text)
+            atomic_write_text(self._trial_dir(trial) / "error.txt", Path(trial.error_file).read_text(errors="replace"))
         self.write(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

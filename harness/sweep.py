@@ -452,6 +452,17 @@ def hold_run_dir(cfg: SweepConfig) -> None:
         fail([str(e)])
 
 
+def secret_path_problems(cfg: SweepConfig) -> list[str]:
+    """A key in name, output.dir or output.mirror would name directories, which Ray's saved state and
+    every path in every file record: refuse it (values are masked: trainables/secrets.py)."""
+    from trainables.secrets import redact
+
+    fields = {"name": cfg.name, "output.dir": cfg.output.dir, "output.mirror": cfg.output.mirror}
+    return [f"{field}: {redact(value)!r} holds the value of a secret environment variable; give credentials "
+            "through the environment (e.g. AWS_SECRET_ACCESS_KEY), never in a path"
+            for field, value in fields.items() if redact(value) != value]
+
+
 def _what_it_computes(doc: dict) -> dict:
     """A sweep config minus where it runs: resuming on another machine or cluster is the same sweep."""
     doc = {k: v for k, v in doc.items() if k not in (*META_KEYS, "ray")}
@@ -471,8 +482,10 @@ def check_run_dir(cfg: SweepConfig, resume: bool, n_trials: int, store: Storage)
             fail([f"output.mirror: {cfg.run_dir} holds files of a sweep that {where} does not; "
                   "delete that directory or set another output.mirror"])
         return False
+    from trainables.secrets import redact_obj
+
     old = _what_it_computes(yaml.safe_load(saved) or {})
-    new = _what_it_computes(cfg.model_dump(mode="json"))
+    new = _what_it_computes(redact_obj(cfg.model_dump(mode="json")))  # sweep.yaml holds it masked
     if old != new:
         a, b = _flat(old), _flat(new)
         keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
@@ -528,16 +541,20 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
+    from harness.config import SearchConfig
     from harness.results import ResultsWriter
     from trainables.evaluate.eval_only import eval_trial
     from trainables.qlora import train_trial
+    from trainables.secrets import redact, redact_obj
 
-    run_dir = cfg.run_dir
+    # Ray pickles what it is given (tuner.pkl, trial names and dirs, its logs) and W&B records it: both get
+    # the config with secret values masked as ${NAME}; a trial resolves them from its environment again.
+    run_dir, base = cfg.run_dir, redact_obj(base)
     if cfg.eval.only:  # baselines, decoding sweeps: nothing to train on
         trial_fn = tune.with_parameters(eval_trial, base=base, storage=cfg.storage)
     else:
         trial_fn = tune.with_parameters(train_trial, base=base, storage=cfg.storage,
-                                        tokens=(cfg.model.name, tokens))
+                                        tokens=(redact(cfg.model.name), tokens))
     trainable = tune.with_resources(trial_fn, trial_resources(base))
     if resume:
         # Finished trials stay as they are; interrupted ones go on from their last checkpoint; failed ones
@@ -545,7 +562,7 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
         return tune.Tuner.restore(store.uri("tune"), trainable, resume_unfinished=True,
                                   resume_errored=retry_errored)
 
-    s, sc = cfg.search, cfg.scheduler
+    s, sc = SearchConfig.model_validate(base["search"]), cfg.scheduler
     search_alg = None
     if s.algorithm == "optuna":
         import optuna
@@ -579,7 +596,8 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         from harness.wandb_logger import WandbLogger
 
-        callbacks.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.name,
+        w = base["wandb"]
+        callbacks.append(WandbLogger(project=w["project"], entity=w["entity"], group=base["name"],
                                      dir=str(run_dir), mode=cfg.wandb.mode))
     return tune.Tuner(
         trainable,
@@ -627,6 +645,7 @@ def connect(cfg: SweepConfig) -> None:
         from harness.reaper import watch
 
         watch()  # Ray's agents would outlive a killed driver by up to a minute
+        _no_keys_in_runtime_envs()
         ray.init(address="local", include_dashboard=False, **kwargs)
         return
     try:
@@ -643,6 +662,18 @@ def connect(cfg: SweepConfig) -> None:
         else:
             hint = "check that the head node runs (`ray status --address HOST:PORT` there) and the host and port"
         fail([f"ray.address: cannot join the Ray cluster at {address} ({type(e).__name__}); {hint}"])
+
+
+def _no_keys_in_runtime_envs() -> None:
+    """Ray Tune copies AWS keys from the driver's environment into every trial actor's runtime env, and
+    Ray's runtime-env agent writes that env to its log (/tmp/ray/session_*/logs). A local Ray's workers
+    inherit the driver's environment anyway: copy none there. (On a cluster the copy is how the keys
+    reach the other nodes; docs/cluster.md.)"""
+    from ray.tune.execution import class_cache
+
+    from trainables.secrets import secret_names
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secret_names()
 
 
 def _quiet_env(cfg: SweepConfig) -> None:
@@ -693,7 +724,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         fail(list(dict.fromkeys(e.problems + section_problems(e.raw))))  # cross_checks ran some already
     from trainables.data.tokenize import Tokens
+    from trainables.secrets import redact, register
 
+    register(*_levels(cfg, "eval.judge.api_key_env"))  # masked here and in every trial (they inherit it)
+    sys.argv[1:] = [redact(a) for a in sys.argv[1:]]  # W&B and Ray record the command line
+    if problems := secret_path_problems(cfg):
+        fail(problems)
     tokenizer = preflight(cfg)
     tokens = Tokens(tokenizer)
     if args.dry_run:
@@ -731,11 +767,10 @@ def main(argv: list[str] | None = None) -> int:
         resume = _prepare_resume(store)
     else:
         from trainables.paths import atomic_write_text
-        from trainables.secrets import redact
+        from trainables.secrets import redact_obj
 
         meta = {**run_metadata(argv if argv is not None else sys.argv[1:]), "metric_directions": cfg.directions()}
-        text = yaml.safe_dump({**base, **meta}, sort_keys=False)
-        atomic_write_text(run_dir / "sweep.yaml", redact(text, (cfg.eval.judge.api_key_env,)))
+        atomic_write_text(run_dir / "sweep.yaml", yaml.safe_dump(redact_obj({**base, **meta}), sort_keys=False))
         store.push()
 
     _quiet_env(cfg)
@@ -748,9 +783,8 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         from trainables.paths import atomic_write_text
-        from trainables.secrets import redact
 
-        atomic_write_text(run_dir / "driver_error.txt", redact(traceback.format_exc()))
+        atomic_write_text(run_dir / "driver_error.txt", traceback.format_exc())
         store.push()
         again = run_metadata(argv if argv is not None else sys.argv[1:])["command"]
         print(f"error: the sweep stopped ({redact(failure_cause(traceback.format_exc()))}); finished "
@@ -840,9 +874,19 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def mask_process() -> list[str]:
+    """The driver's console with secret values masked (main() masks its sys.argv, which W&B and Ray
+    record); returns the arguments as given."""
+    from trainables.secrets import MaskedStream
+
+    argv = sys.argv[1:]
+    sys.stdout, sys.stderr = MaskedStream(sys.stdout), MaskedStream(sys.stderr)
+    return argv
+
+
 if __name__ == "__main__":
     try:
-        code = main()
+        code = main(mask_process())
     except SystemExit as e:  # exit code 2 of fail(): the same fast way out
         if not isinstance(e.code, int):
             raise

@@ -9,8 +9,12 @@ owns every trial's run: starting a run costs ~0.2 s of that thread and nothing i
 
 What is logged is what Ray's callback logged: per trial a run named after the trial, id = trial id
 (so a resumed trial continues its run), the sweep as its group, the trial's searched parameters as its
-config, and every report's numbers with the report number as the step. Secrets never reach it: the
-config is the searched parameters only. A W&B failure costs a warning, never the sweep.
+config, and every report's numbers with the report number as the step. A W&B failure costs a warning,
+never the sweep.
+
+Secrets never reach it: the driver hands it the project, group and searched parameters with secret
+values masked (trainables/secrets.py), and W&B records neither the command line, the code, git state
+nor the console (`SETTINGS`): results.csv and sweep.yaml hold those, masked.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from ray.tune.logger import LoggerCallback
 _NOT_LOGGED = ("config", "done", "should_checkpoint")
 # Constant per trial: config, not a time series.
 _TO_CONFIG = ("trial_id", "node_ip", "hostname", "pid", "node_id")
+# No argv, program, git or system metadata (x_disable_meta), no code, no copy of the driver's console.
+SETTINGS = {"x_disable_meta": True, "disable_code": True, "save_code": False, "disable_git": True, "console": "off"}
 
 
 class WandbLogger(LoggerCallback):
@@ -107,7 +113,8 @@ class WandbLogger(LoggerCallback):
                     import wandb
                 if kind == "start":
                     runs[trial_id] = wandb.init(id=trial_id, **payload, **self.init_kwargs, reinit="create_new",
-                                                resume="allow", allow_val_change=True)
+                                                resume="allow", allow_val_change=True,
+                                                settings=wandb.Settings(**SETTINGS))
                 elif kind == "log" and trial_id in runs:
                     values, config, step = payload
                     if config:

@@ -42,13 +42,28 @@ def data_file():
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Fake keys in the environment of every test sweep: tests/test_reliability.py checks that none of them
-# reaches any file a sweep writes (results, configs, logs, W&B runs, report).
+# Fake keys in the environment of every test sweep: tests/test_reliability.py and tests/test_secrets.py
+# check that none of them reaches any file a sweep writes (results, configs, logs, W&B runs, report).
 PLANTED_SECRETS = {
     "OPENAI_API_KEY": "sk-planted-openai-4d1f0c9e7b2a58e3",
     "WANDB_API_KEY": "planted0wandb0key0a8f3e2d9c1b7a6e5f4d3c2b1a09",
     "HF_TOKEN": "hf_plantedHuggingFaceToken7c3e9a1f",
+    "AWS_SECRET_ACCESS_KEY": "plantedAwsSecret/9f8e7d6c+5b4a3e2d",  # Ray Tune copies this one into runtime envs
 }
+
+
+def leaks(roots: list[Path], secrets: dict[str, str]) -> list[str]:
+    """'NAME in PATH' for every planted value found in the bytes or the name of a file or directory
+    under `roots` (symbolic links not followed: a cache may link the converted model)."""
+    found = []
+    for root in roots:
+        for top, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = Path(top) / name
+                data = path.read_bytes() if name in files and path.is_file() and not path.is_symlink() else b""
+                found += [f"{key} in {path}" for key, value in secrets.items()
+                          if value in str(path.relative_to(root)) or value.encode() in data]
+    return found
 
 
 def sweep_env(**extra: str) -> dict[str, str]:

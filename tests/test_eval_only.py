@@ -76,9 +76,7 @@ def test_eval_trial_under_ray_tune(tmp_path):
                        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="t"))
     results = tuner.fit()
     assert not results.errors and len(results) == 2
-    temps = set()
-    for trial_dir in (tmp_path / "trials").iterdir():
-        temps.add(json.loads((trial_dir / "config.json").read_text())["eval"]["generate"]["temperature"])
-        assert (trial_dir / "pred.json").exists()
-    assert temps == {0.0, 0.7}
-    assert all(r.metrics["gen_n"] == 1 for r in results)
+    assert {r.config["eval.generate.temperature"] for r in results} == {0.0, 0.7}
+    for r in results:  # each trial generated into its own directory (its config.json is the driver's to write)
+        pred = json.loads((tmp_path / "trials" / r.metrics["trial_id"] / "pred.json").read_text())
+        assert len(pred) == 1 and r.metrics["gen_n"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from harness.config import parse_override
 from harness.results import error_summary
-from trainables.secrets import MASK, redact
+from trainables.secrets import redact
 
 NAN = """Failure # 1 (occurred at 2026-11-23_16-26-34)
 \x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=12733, ip=192.0.2.2, actor_id=f12e5fd5, repr=train_trial)
@@ -71,8 +71,8 @@ def test_secret_values_from_the_environment_are_masked(monkeypatch):
     monkeypatch.setenv("MY_JUDGE_VAR", "judge-secret-value-42")
     monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to be a key: left alone
     text = "command: x eval.description=sk-live-0123456789abcdef abc judge-secret-value-42"
-    assert redact(text) == f"command: x eval.description={MASK} abc judge-secret-value-42"
-    assert redact(text, ("MY_JUDGE_VAR",)) == f"command: x eval.description={MASK} abc {MASK}"
+    assert redact(text) == "command: x eval.description=${OPENAI_API_KEY} abc judge-secret-value-42"
+    assert redact(text, ("MY_JUDGE_VAR",)) == "command: x eval.description=${OPENAI_API_KEY} abc ${MY_JUDGE_VAR}"
 
 
 def test_numbers_with_exponents_are_numbers_everywhere():

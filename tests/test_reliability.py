@@ -17,7 +17,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import PLANTED_SECRETS, REPO, read_csv, run_sweep
+from conftest import PLANTED_SECRETS, REPO, leaks, read_csv, run_sweep
 from test_judge import Scripted
 
 from harness.resume import saved_state, staging_copies, trials_of
@@ -149,11 +149,6 @@ def test_a_killed_worker_is_retried_from_its_last_checkpoint(failing_run):
 # ----------------------------------------------------------------------------- secrets
 
 
-def files_holding(root: Path, secret: str) -> list[str]:
-    needle = secret.encode()
-    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
-
-
 def test_planted_keys_are_used_but_written_nowhere(smoke_run, failing_run, judge_server):
     # The judge really sent the planted key (so it was in the trial's environment) ...
     assert judge_server.auth == {f"Bearer {PLANTED_SECRETS['OPENAI_API_KEY']}"}
@@ -162,9 +157,7 @@ def test_planted_keys_are_used_but_written_nowhere(smoke_run, failing_run, judge
     # report, and the driver's own output (driver.log, which carries the workers' logs too).
     assert (smoke_run / "wandb").is_dir() and (smoke_run / "report").is_dir()
     assert (failing_run["dir"] / "trials" / failing_run["good"] / "judge.jsonl").exists()
-    for name, secret in PLANTED_SECRETS.items():
-        for root in (smoke_run, failing_run["dir"]):
-            assert files_holding(root, secret) == [], f"{name} leaked"
+    assert leaks([smoke_run, failing_run["dir"]], PLANTED_SECRETS) == []
 
 
 # ----------------------------------------------------------------------------- kill -9 and resume

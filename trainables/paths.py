@@ -41,8 +41,11 @@ def cache_dir(*parts: str) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via temp file + rename so a kill never leaves a half-written file."""
-    path = Path(path)
+    """Write via temp file + rename so a kill never leaves a half-written file. Every text the project
+    writes goes through here, so here secret values are masked (trainables/secrets.py)."""
+    from trainables.secrets import redact
+
+    path, text = Path(path), redact(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

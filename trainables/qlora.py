@@ -42,6 +42,7 @@ from trainables.batching import (
 )
 from trainables.data.tokenize import IGNORE, worker_tokens
 from trainables.paths import atomic_write_text, trial_ended
+from trainables.secrets import expand, masking_errors, redact, register
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -141,17 +142,30 @@ def report_steps(total_steps: int, n_reports: int) -> set[int]:
 # ----------------------------------------------------------------------------- the trial
 
 
+@masking_errors
 def train_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, tokens: tuple[str, dict]) -> None:
     """Ray Tune's entry point: train_loop in this process, or on resources.workers_per_trial workers.
+    `base` and `params` come masked (trainables/secrets.py); an exception leaves masked.
     `tokens`: (model name, the driver's encodings by example hash; trainables/data/tokenize.py)."""
-    from harness.config import SweepConfig
-    from harness.space import resolve
     from trainables.distributed import run
 
-    cfg = SweepConfig.model_validate(resolve(base, params, SweepConfig.model_validate(base).search.space))
+    cfg = trial_config(base, params)
     run(train_loop, params, base=base, storage=storage, tokens=tokens, resources=cfg.resources)
 
 
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Any:
+    """The trial's SweepConfig: the searched values in the sweep's config, secret values resolved from
+    this process's environment (the driver hands Ray the config masked), the judge's key variable
+    treated as secret here too."""
+    from harness.config import SweepConfig
+    from harness.space import resolve
+
+    cfg = SweepConfig.model_validate(expand(resolve(base, params, SweepConfig.model_validate(base).search.space)))
+    register(cfg.eval.judge.api_key_env)
+    return cfg
+
+
+@masking_errors
 def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, tokens: tuple[str, dict],
                session: Any) -> None:
     t_start = time.perf_counter()
@@ -160,14 +174,12 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     from peft.utils import get_peft_model_state_dict
     from transformers import get_scheduler
 
-    from harness.config import SweepConfig
-    from harness.space import resolve
     from harness.storage import Storage
     from trainables.data.curriculum import CURRICULA
     from trainables.data.pipeline import prepare, subset_stats
     from trainables.models import bf16_supported, load_model
 
-    cfg = SweepConfig.model_validate(resolve(base, params, SweepConfig.model_validate(base).search.space))
+    cfg = trial_config(base, params)
     tc = cfg.train
     transformers.utils.logging.disable_progress_bar()  # the driver's live table is the progress display
     transformers.utils.logging.set_verbosity_error()
@@ -205,7 +217,7 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     # The driver tokenized the base subset and the held-out set once for the whole sweep; this trial
     # encodes only what it lacks (a searched selection's other examples), kept for this worker's next trials.
     planned_for, table = tokens
-    tokens_of = worker_tokens(cfg.model.name, tokenizer, table if planned_for == cfg.model.name else {})
+    tokens_of = worker_tokens(cfg.model.name, tokenizer, table if planned_for == redact(cfg.model.name) else {})
     encoded_cache: dict[int, Encoded] = {}
 
     def encoded(example) -> Encoded:

@@ -11,12 +11,11 @@ its benchmarks has no training pool to score.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from trainables.paths import atomic_write_text
+from trainables.secrets import masking_errors
 
 
 def load_for_eval(cfg: Any) -> tuple[Any, Any, dict[str, float]]:
@@ -94,22 +93,22 @@ def evaluate_config(cfg: Any, trial_dir: Path) -> dict[str, float]:
     return {**times, **held, **metrics, "seed": cfg.train.seed, "icl_shots": cfg.eval.icl_shots}
 
 
+@masking_errors
 def eval_trial(config: dict[str, Any], *, base: dict[str, Any], storage: str) -> None:
     """Ray Tune function trainable. config: flat searched params ({"eval.generate.temperature": 0.7});
-    base: SweepConfig.model_dump() of the sweep; storage: the sweep's path or URI (harness/storage.py).
-    Reports the metrics once."""
+    base: SweepConfig.model_dump() of the sweep, masked (trainables/secrets.py); storage: the sweep's
+    path or URI (harness/storage.py). Reports the metrics once. The trial's config.json is the driver's
+    (harness/results.py), written masked."""
     from ray import tune
 
-    from harness.config import SweepConfig
-    from harness.space import resolve
     from harness.storage import Storage
     from trainables.distributed import trial_process, where
     from trainables.evaluate import require_objective
+    from trainables.qlora import trial_config
 
-    cfg = SweepConfig.model_validate(resolve(base, config, SweepConfig.model_validate(base).search.space))
+    cfg = trial_config(base, config)
     store, rel = Storage(storage), f"trials/{tune.get_context().get_trial_id()}"
     trial_dir = store.workdir(rel)
-    atomic_write_text(trial_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=1))
     with trial_process():
         metrics = evaluate_config(cfg, trial_dir)
     require_objective(cfg.search.metric, metrics)
