@@ -35,6 +35,16 @@ class Strict(BaseModel):
         return v
 
 
+def canonical_fields(v: dict[str, str]) -> dict[str, str]:
+    """A `fields` mapping (canonical name -> the file's column) names only canonical fields."""
+    from trainables.data.formats import CANONICAL
+
+    unknown = sorted(set(v) - set(CANONICAL))
+    if unknown:
+        raise ValueError(f"unknown field name(s) {', '.join(unknown)}; map these: {', '.join(CANONICAL)}")
+    return v
+
+
 class DataConfig(Strict):
     train: str | list[str] = Field(
         "alpaca/random_9k.json",
@@ -68,12 +78,7 @@ class DataConfig(Strict):
     @field_validator("fields")
     @classmethod
     def _canonical(cls, v: dict[str, str]) -> dict[str, str]:
-        from trainables.data.formats import CANONICAL
-
-        unknown = sorted(set(v) - set(CANONICAL))
-        if unknown:
-            raise ValueError(f"unknown field name(s) {', '.join(unknown)}; map these: {', '.join(CANONICAL)}")
-        return v
+        return canonical_fields(v)
 
     @field_validator("train")
     @classmethod

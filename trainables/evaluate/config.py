@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from trainables.data.config import Strict
+from trainables.data.config import Strict, canonical_fields
 from trainables.paths import find_data
 
 if TYPE_CHECKING:
@@ -227,12 +227,7 @@ class PerplexitySet(Strict):
     @field_validator("fields")
     @classmethod
     def _canonical(cls, v: dict[str, str]) -> dict[str, str]:
-        from trainables.data.formats import CANONICAL
-
-        unknown = sorted(set(v) - set(CANONICAL))
-        if unknown:
-            raise ValueError(f"unknown field name(s) {', '.join(unknown)}; map these: {', '.join(CANONICAL)}")
-        return v
+        return canonical_fields(v)
 
     @model_validator(mode="after")
     def _default_name(self) -> PerplexitySet:
