@@ -165,6 +165,7 @@ class ResultsWriter(tune.Callback):
         self.extra_metrics = extra_metrics
         self.reports_per_trial = reports_per_trial
         self.base = base
+        self.disk_full = False
 
     def _trial_dir(self, trial: Any) -> Path:
         d = self.run_dir / "trials" / trial.trial_id
@@ -187,9 +188,21 @@ class ResultsWriter(tune.Callback):
         atomic_write_text(self._trial_dir(trial) / ENDED, how)
 
     def write(self, trials: list[Any], final: bool = False) -> None:
+        if self.disk_full:  # the sweep is stopping for it: the last table that fitted stays
+            return
         write_csv(self.run_dir / "results.csv", self.rows(trials))
         if self.store is not None:
             self.store.push(every_s=0 if final else PUSH_EVERY_S)
+
+    def _stop_if_disk_full(self, trial: Any, errored: bool = False) -> None:
+        """A trial that failed for want of disk space: every other would too. Stop the sweep (the driver
+        says so in one line, harness/diskfull.py) instead of retrying and failing them one by one."""
+        from harness.diskfull import DiskFull, says_full
+
+        if not self.disk_full and trial.error_file and Path(trial.error_file).exists():
+            self.disk_full = says_full(error_summary(Path(trial.error_file).read_text(errors="replace"))[1])
+        if self.disk_full:
+            raise DiskFull(str(self.run_dir), errored)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from harness.config import SweepConfig
@@ -223,7 +236,11 @@ class ResultsWriter(tune.Callback):
         self._ended(trial, "complete")
         self.write(trials)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._stop_if_disk_full(trial)
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._stop_if_disk_full(trial, errored=True)  # before the marker: one that failed for want of space runs later
         self._ended(trial, "error")
         # Ray keeps the traceback in its session dir; keep a copy with the trial's other files.
         if trial.error_file and Path(trial.error_file).exists():

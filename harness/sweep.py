@@ -348,7 +348,8 @@ def plan(cfg: SweepConfig, tokens: Any, model: Any = None) -> dict[str, Any]:
     per_epoch = prep.stats["train_tokens"]
     steps = -(-int(prep.stats["n_examples"]) // (cfg.train.batch_size * cfg.train.grad_accum))
     return {**out, "examples": f"{prep.stats['n_examples']}{note}", "tokens_per_epoch": per_epoch,
-            "tokens_per_trial": per_epoch * cfg.train.epochs, "steps_per_epoch": steps, "shortfalls": shortfalls}
+            "tokens_per_trial": per_epoch * cfg.train.epochs, "steps_per_epoch": steps, "shortfalls": shortfalls,
+            "disk_bytes": disk_estimate(cfg, tokens.tokenizer.name_or_path)}
 
 
 def selection_arms(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -388,6 +389,15 @@ def arm_shortfalls(cfg: SweepConfig, tokens: Any, model: Any) -> list[str]:
     return lines
 
 
+def disk_estimate(cfg: SweepConfig, model_path: str) -> int | None:
+    """Bytes the sweep fills in its storage (checkpoints, adapters: harness/diskfull.py), at its largest rank."""
+    from harness.diskfull import estimate
+
+    entry = cfg.search.space.get("lora.r")
+    ranks = [r for r in _levels(cfg, "lora.r") if isinstance(r, int)] + (list(entry.int) if entry and entry.int else [])
+    return estimate(cfg, model_path, count_trials(cfg.search), max(ranks or [cfg.lora.r]))
+
+
 def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
     print(f"sweep {cfg.name}: {p['trials']} trials, {cfg.search.algorithm} search, {cfg.scheduler.type} scheduler, "
           f"metric {cfg.search.metric} ({cfg.search.mode})")
@@ -403,6 +413,7 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
     where = cfg.storage if cfg.storage == str(cfg.run_dir) else f"{cfg.storage} (local copy {cfg.run_dir})"
     print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once on {cfg.ray_address} Ray; "
           f"output {where}")
+    print_disk(cfg, p.get("disk_bytes"))
     print(f"  a failing trial is retried {cfg.recovery.max_failures} time(s) from its last checkpoint; "
           f"{cfg.recovery.keep_checkpoints} best checkpoint(s) + the latest kept per trial")
     for how, name in dict.fromkeys(diversity_embeddings(cfg)):
@@ -413,6 +424,19 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
         print(f"  trial {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
     for line in p["shortfalls"]:
         print(f"warning: {line}", file=sys.stderr)
+
+
+def print_disk(cfg: SweepConfig, need: int | None) -> None:
+    """The disk the sweep will fill, and a warning when its filesystem has less free (a URI: not checked)."""
+    from harness.diskfull import EXIT_DISK_FULL, free_bytes, mb
+
+    if need is None or "://" in cfg.output.dir:
+        return
+    free, _, measured = free_bytes(cfg.run_dir)
+    print(f"  disk: up to about {mb(need)} of checkpoints and adapters in {cfg.run_dir}; {mb(free)} free there")
+    if free < need:
+        print(f"warning: output.dir: the sweep needs about {mb(need)} but {measured} has {mb(free)} free; it will "
+              f"stop (exit {EXIT_DISK_FULL}, resumable) when the disk fills", file=sys.stderr)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -723,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg, _ = load_sweep(args.sweep_file, overrides)
     except ConfigError as e:
         fail(list(dict.fromkeys(e.problems + section_problems(e.raw))))  # cross_checks ran some already
+    _disk.update(run_dir=cfg.run_dir, argv=argv if argv is not None else sys.argv[1:])
+    if not args.dry_run and cfg.run_dir.exists():  # one live driver per run directory: another one's is
+        hold_run_dir(cfg)                           # refused first thing (the lock is this driver's until it exits)
     from trainables.data.tokenize import Tokens
     from trainables.secrets import redact, register
 
@@ -736,8 +763,6 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(cfg, plan(cfg, tokens))
         return 0
     store = open_storage(cfg)
-    if cfg.run_dir.exists():  # one live driver per run directory: another one's is refused before anything else
-        hold_run_dir(cfg)
     try:
         resume = check_run_dir(cfg, args.resume, count_trials(cfg.search), store)
     except SystemExit:
@@ -756,7 +781,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             fail([str(e)])
     preembed(cfg)
-    print_plan(cfg, plan(cfg, tokens, model))
+    the_plan = plan(cfg, tokens, model)
+    _disk["need"] = the_plan["disk_bytes"]
+    print_plan(cfg, the_plan)
     del model
 
     base = cfg.model_dump(mode="json")
@@ -776,16 +803,25 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_env(cfg)
     connect(cfg)
     t0 = time.perf_counter()
+    from harness.diskfull import quiet_ray
+
+    quiet_ray()
     tuner = build_tuner(cfg, base, resume, store, tokens.table, args.retry_errored)
     try:
         tuner.fit()
-    except Exception:  # Ray Tune itself broke (a trial's failure never gets here): keep what is done
+    except Exception as e:  # Ray Tune itself broke (a trial's failure never gets here): keep what is done
         import traceback
 
+        from harness.diskfull import disk_full
         from trainables.paths import atomic_write_text
 
-        atomic_write_text(run_dir / "driver_error.txt", traceback.format_exc())
-        store.push()
+        if disk_full(e):
+            return disk_full_exit(e)
+        try:
+            atomic_write_text(run_dir / "driver_error.txt", traceback.format_exc())
+            store.push()
+        except OSError:  # the line below says it all the same
+            pass
         again = run_metadata(argv if argv is not None else sys.argv[1:])["command"]
         print(f"error: the sweep stopped ({redact(failure_cause(traceback.format_exc()))}); finished "
               f"trials are in {run_dir / 'results.csv'}, the traceback in {run_dir / 'driver_error.txt'}; "
@@ -823,6 +859,22 @@ def failure_cause(trace: str) -> str:
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
     named = [i for i, ln in enumerate(lines) if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", ln)]
     return " ".join(lines[named[-1] if named else -1:])
+
+
+_disk: dict[str, Any] = {}  # what the disk-full line needs: run_dir, argv, need (the plan's estimate)
+
+
+def disk_full_exit(error: BaseException) -> int:
+    """A full disk, anywhere after validation: one line (where, free, needed, how to go on), written to
+    nothing but stderr; the exit code says which (harness/diskfull.py)."""
+    from harness.diskfull import EXIT_DISK_FULL, disk_full, message, resume_command
+
+    # The trials still running fail on the same disk; Ray would print each one's traceback at shutdown.
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+    again = resume_command(run_metadata(_disk.get("argv", []))["command"], error)
+    print(f"error: {message(disk_full(error), _disk.get('run_dir', Path('.')), _disk.get('need'), again)}",
+          file=sys.stderr)
+    return EXIT_DISK_FULL
 
 
 def _prepare_resume(store: Storage) -> bool:
@@ -891,4 +943,10 @@ if __name__ == "__main__":
         if not isinstance(e.code, int):
             raise
         code = e.code
+    except OSError as e:  # a full disk outside Ray Tune (the run directory, sweep.yaml, best.yaml)
+        from harness.diskfull import disk_full
+
+        if not disk_full(e):
+            raise
+        code = disk_full_exit(e)
     exit_now(code)
