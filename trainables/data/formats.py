@@ -261,12 +261,13 @@ def _hub_rows(path: str, split: str, field_name: str) -> list[dict]:
         ) from None
 
 
-def resolve_data_path(path: str, field_name: str = "data.train") -> Path:
+def resolve_data_path(path: str, field_name: str = "data.train", folder_ok: bool = False) -> Path:
+    """The data file at `path` (`folder_ok`: or a folder of them, e.g. an MCQ benchmark's per-subject CSVs)."""
     found = find_data(path)
     if found is None:
         looked = ", ".join(str(d / path) for d in data_dirs()) if not Path(path).is_absolute() else path
         raise DataNotFound(f"{field_name}: {path!r} not found (looked in: {looked}); set HARNESS_DATA_DIR or fix the path")
-    if not found.is_file():
+    if not found.is_file() and not folder_ok:
         raise DataNotFound(f"{field_name}: {path!r} is a directory ({found}), not a data file; give a json, jsonl, "
                            "csv or parquet file")
     return found

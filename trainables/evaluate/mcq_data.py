@@ -89,7 +89,7 @@ def subject_of(file: Path) -> str:
 
 
 def _files(path: str, field_name: str) -> list[Path]:
-    root = resolve_data_path(path, field_name)
+    root = resolve_data_path(path, field_name, folder_ok=True)
     if root.is_file():
         return [root]
     return sorted(f for f in root.iterdir() if f.suffix.lower() in _SUFFIXES and not f.name.startswith("."))
