@@ -160,9 +160,9 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Any:
     from harness.config import SweepConfig
     from harness.space import resolve
 
-    cfg = SweepConfig.model_validate(expand(resolve(base, params, SweepConfig.model_validate(base).search.space)))
-    register(cfg.eval.judge.api_key_env)
-    return cfg
+    full = resolve(base, params, SweepConfig.model_validate(base).search.space)
+    register(((full.get("eval") or {}).get("judge") or {}).get("api_key_env", ""))  # a name, never masked
+    return SweepConfig.model_validate(expand(full))
 
 
 @masking_errors
