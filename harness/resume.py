@@ -13,7 +13,10 @@ when this machine still has it (with the searcher's state saved beside it, so th
 newer checkpoint takes the name the state expects (the trial goes on from its newest state; one that had
 ended only says its last report again, trainables/qlora.py), and a trial that had failed for good is
 marked failed. `ended_trials` says which trials ended, from what the driver wrote before the kill.
-Only the plain-JSON parts of the state are read; anything unexpected leaves the directory as it is.
+A checkpoint that the saved state still lists but keep-best-k has deleted since is dropped from the list
+(Ray would log a FileNotFoundError traceback trying to delete it again).
+Besides that list (Ray's own pickled object, which Tuner.restore unpickles anyway) only the plain-JSON parts
+of the state are read; anything unexpected leaves the directory as it is.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def ended_trials(run_dir: Path) -> tuple[set[str], set[str]]:
     return complete, failed - complete
 
 
-def _mark_failed(tune_dir: Path, state: dict, failed: set[str]) -> list[str]:
+def _mark_failed(state: dict, failed: set[str]) -> list[str]:
     """Ray's saved state as if it had been saved after these trials failed: they stay failed on --resume
     (and --retry-errored runs them again)."""
     notes = []
@@ -147,10 +150,58 @@ def _mark_failed(tune_dir: Path, state: dict, failed: set[str]) -> list[str]:
             trial["status"] = "ERROR"
             entry[0] = json.dumps(trial) if isinstance(entry[0], str) else trial
             notes.append(f"trial {trial['trial_id']}: had failed after the last saved state; kept as failed")
-    if notes:
-        newest = sorted(Path(tune_dir).glob("experiment_state-*.json"))[-1]
-        atomic_write_text(newest, json.dumps(state))
     return notes
+
+
+def _forget_missing_checkpoints(state: dict) -> bool:
+    """Drop from each unfinished trial's checkpoint list (Ray's _CheckpointManager, cloudpickled in the
+    state as Ray saves it; Tuner.restore unpickles the same) the checkpoints that keep-best-k deleted
+    after the state was saved: Ray would try to delete them again at the trial's next checkpoint and log
+    a FileNotFoundError traceback. Returns whether anything changed."""
+    from ray import cloudpickle
+    from ray._common.utils import binary_to_hex, hex_to_binary
+
+    changed = False
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+        meta = json.loads(entry[1]) if isinstance(entry[1], str) else entry[1]
+        blob = meta.get("checkpoint_manager")
+        if trial.get("status") not in UNFINISHED or not (isinstance(blob, dict) and "value" in blob):
+            continue
+        manager = cloudpickle.loads(hex_to_binary(blob["value"]))
+        listed = getattr(manager, "_checkpoint_results", None)
+        if not isinstance(listed, list):
+            continue
+        kept = [r for r in listed if os.path.exists(r.checkpoint.path)]
+        if len(kept) < len(listed):
+            manager._checkpoint_results = kept
+            blob["value"] = binary_to_hex(cloudpickle.dumps(manager))
+            entry[1] = json.dumps(meta) if isinstance(entry[1], str) else meta
+            changed = True
+    return changed
+
+
+def _go_on_from_newest(tune_dir: Path, trial: dict, meta: dict, ended: bool) -> str | None:
+    """The checkpoint an unfinished trial goes on from: the one the saved state names, unless keep-best-k
+    pruned it since, or the trial had ended since (its final checkpoint, where it only reports its last
+    result again, trainables/qlora.py: its .ended marker, or no step left; from the saved one it would
+    train its last steps again). The newer checkpoint takes the saved one's name. Returns a note."""
+    wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
+    trial_dir = Path(tune_dir) / trial.get("relative_logdir", "")
+    index = _index(wanted or "")
+    if index < 0 or ((trial_dir / wanted).exists() and not ended):
+        return None
+    newer = sorted((d for d in trial_dir.glob("checkpoint_*") if _index(d.name) > index), key=lambda d: _index(d.name))
+    if not newer:
+        return None  # nothing newer to go on from: as saved (a pruned one: Ray records the trial as failed)
+    if (trial_dir / wanted).exists():
+        shutil.rmtree(trial_dir / wanted)  # older than the final one that takes its name
+    newer[-1].rename(trial_dir / wanted)
+    for stale in newer[:-1]:  # older than the one kept; Ray's state knows none of them
+        shutil.rmtree(stale, ignore_errors=True)
+    why = ("had ended after the last saved state; it reports its last result again from its final"
+           if ended else f"{wanted} had been pruned after the last saved state; it goes on from its newer")
+    return f"trial {trial['trial_id']}: {why} {newer[-1].name}"
 
 
 def repair(tune_dir: Path, finished: Iterable[str] = (), failed: Iterable[str] = ()) -> list[str]:
@@ -164,30 +215,19 @@ def repair(tune_dir: Path, finished: Iterable[str] = (), failed: Iterable[str] =
         return notes
     try:
         trials = trials_of(state)
-        notes += _mark_failed(Path(tune_dir), state, failed)
+        marked = _mark_failed(state, failed)
     except (KeyError, TypeError, ValueError, IndexError):
         return notes + ["the saved experiment state has an unexpected layout; resuming it as it is"]
+    notes += marked
     for trial, meta in trials:
-        wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
-        trial_dir = Path(tune_dir) / trial.get("relative_logdir", "")
-        index = _index(wanted or "")
-        if trial.get("status") not in UNFINISHED or trial.get("trial_id") in failed or index < 0:
-            continue
-        # A trial that ended after the last saved state goes on from its final checkpoint, where it only
-        # reports its last result again (trainables/qlora.py: its .ended marker, or no step left); from the
-        # saved one it would train its last steps again.
-        ended = trial.get("trial_id") in finished
-        if (trial_dir / wanted).exists() and not ended:
-            continue
-        newer = sorted((d for d in trial_dir.glob("checkpoint_*") if _index(d.name) > index), key=lambda d: _index(d.name))
-        if not newer:
-            continue  # nothing newer to go on from: as saved (a pruned one: Ray records the trial as failed)
-        if (trial_dir / wanted).exists():
-            shutil.rmtree(trial_dir / wanted)  # older than the final one that takes its name
-        newer[-1].rename(trial_dir / wanted)
-        for stale in newer[:-1]:  # older than the one kept; Ray's state knows none of them
-            shutil.rmtree(stale, ignore_errors=True)
-        why = ("had ended after the last saved state; it reports its last result again from its final"
-               if ended else f"{wanted} had been pruned after the last saved state; it goes on from its newer")
-        notes.append(f"trial {trial['trial_id']}: {why} {newer[-1].name}")
+        if trial.get("status") in UNFINISHED and trial.get("trial_id") not in failed:
+            note = _go_on_from_newest(Path(tune_dir), trial, meta, trial.get("trial_id") in finished)
+            notes += [note] if note else []
+    try:
+        forgotten = _forget_missing_checkpoints(state)
+    except Exception:  # noqa: BLE001 - Ray's own object, as Ray pickled it: if it is not what 2.60 writes, leave it
+        forgotten = False
+    if marked or forgotten:
+        newest = sorted(Path(tune_dir).glob("experiment_state-*.json"))[-1]
+        atomic_write_text(newest, json.dumps(state))
     return notes

@@ -131,3 +131,41 @@ def test_a_state_restored_from_rays_staging_copy_brings_its_searcher_along(tmp_p
     assert (tune_dir / f"searcher-state-{stamp}.pkl").read_text() == "knows trials 1-3"
     assert (tune_dir / f"search_gen_state-{stamp}.json").read_text() == "knows trials 1-3"
     assert (tune_dir / "searcher-state-2026-12-01_09-00-00.pkl").read_text() == "an earlier session's: left alone"
+
+
+def test_checkpoints_pruned_since_the_saved_state_are_forgotten(tune_dir):
+    """Ray's checkpoint list (its _CheckpointManager, pickled into the state) as a lagging saved state
+    holds it: checkpoint_000000 was deleted by keep-best-k since. Left in the list, Ray deletes it again at
+    the trial's next checkpoint: "Error handling checkpoint ... FileNotFoundError" (seen on --resume)."""
+    from ray import cloudpickle
+    from ray._common.utils import binary_to_hex, hex_to_binary
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    saved(tune_dir, {"t": ("RUNNING", "checkpoint_000002", [1, 2])})
+    trial_dir = tune_dir / "train_trial_t"
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="eval_loss",
+                                                   checkpoint_score_order="min"))
+    for i, loss in ((0, 3.0), (1, 2.0), (2, 1.0)):
+        result = _TrainingResult(checkpoint=Checkpoint(str(trial_dir / f"checkpoint_{i:06d}")),
+                                 metrics={"eval_loss": loss})
+        manager._checkpoint_results.append(result)  # worst first, as Ray keeps it
+        manager._latest_checkpoint_result = result
+    state_file = next(tune_dir.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    meta = json.loads(state["trial_data"][0][1])
+    meta["checkpoint_manager"] = {"_type": "CLOUDPICKLE_FALLBACK", "value": binary_to_hex(cloudpickle.dumps(manager))}
+    state["trial_data"][0][1] = json.dumps(meta)
+    state_file.write_text(json.dumps(state))
+
+    repair(tune_dir)
+
+    meta = json.loads(json.loads(state_file.read_text())["trial_data"][0][1])
+    restored = cloudpickle.loads(hex_to_binary(meta["checkpoint_manager"]["value"]))
+    assert [Path(r.checkpoint.path).name for r in restored._checkpoint_results] == ["checkpoint_000001",
+                                                                                    "checkpoint_000002"]
+    (trial_dir / "checkpoint_000003").mkdir()  # the trial's next checkpoint: Ray prunes the worst, no error
+    restored.register_checkpoint(_TrainingResult(checkpoint=Checkpoint(str(trial_dir / "checkpoint_000003")),
+                                                 metrics={"eval_loss": 0.5}))
+    assert sorted(d.name for d in trial_dir.iterdir()) == ["checkpoint_000002", "checkpoint_000003"]
