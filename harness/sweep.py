@@ -321,6 +321,7 @@ def plan(cfg: SweepConfig, tokens: Any, model: Any = None) -> dict[str, Any]:
         "resources": {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial,
                       "workers": cfg.resources.workers_per_trial},
         "concurrent": cfg.search.max_concurrent, "shortfalls": [],
+        "disk_bytes": None,  # eval-only trials keep no checkpoints: nothing to estimate
     }
     if cfg.eval.only and not cfg.eval.scores_heldout:
         return out  # an evaluation: no training subset, no held-out rows of the pool to score
