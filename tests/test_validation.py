@@ -125,7 +125,7 @@ CASES = [
     # eval-only trials score the training pool's held-out rows only on request (eval.heldout)
     (["eval.only=true", "scheduler.type=fifo", "eval.perplexity=[classical_zh/public_test.json]"],
      ["search.metric: eval-only trials score 'eval_loss' only with eval.heldout: true; set it, or choose one of: "
-      "ppl_public_test, loss_public_test"]),
+      "ppl_public_test, loss_public_test, ppl_mean_public_test"]),
     (["eval.heldout=false"], ["eval.heldout: only eval-only trials (eval.only: true) can skip the held-out "
                               "eval_loss; a training trial always reports it: remove eval.heldout (got False)"]),
     # the machine, the model, the data, the judge
