@@ -361,3 +361,15 @@ def test_decorated_letter_answers(answer, expected):
     except Skip as e:
         got = e.args[0]
     assert got == expected
+
+
+def test_a_perplexity_file_in_another_layout_is_decontaminated_against_as_it_is_scored(tmp_path):
+    from harness.config import SweepConfig
+    from trainables.data.hygiene import eval_prompt_texts
+
+    qa = jsonl(tmp_path / "qa.jsonl", [{"q": "Name a colour.", "a": "Blue"}])
+    cfg = SweepConfig.model_validate({"name": "t", "eval": {"perplexity": [
+        {"path": str(qa), "fields": {"instruction": "q", "output": "a"}}]}})
+    assert str(qa) in cfg.data.decontaminate
+    assert cfg.data.decontaminate_fields == {str(qa): {"instruction": "q", "output": "a"}}
+    assert eval_prompt_texts(cfg.data.decontaminate, cfg.data.decontaminate_fields) == ["Name a colour."]
