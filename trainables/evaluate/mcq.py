@@ -152,7 +152,7 @@ def evaluate_set(model: Any, tokenizer: Any, spec: MCQSet, *, batch_size: int, m
     prep = prepare(spec)
     if prep.problems:
         raise MCQDataError("; ".join(prep.problems))
-    items = prep.items
+    spec, items = prep.spec, prep.items
     ctxs, used, cut = fit_prompts(tokenizer, items, prep.pool, spec, max_len)
     cands = [candidates(it, spec) for it in items]
     scores = choice_scores(model, tokenizer, [[c for _, c in cs] for cs in cands], ctxs, batch_size=batch_size,

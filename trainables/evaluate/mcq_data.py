@@ -206,7 +206,8 @@ class Prepared:
 
 
 def prepare(spec: MCQSet) -> Prepared:
-    """Load, check and sample one set (spec.shots resolved: EvalConfig.mcq_sets())."""
+    """Load, check and sample one set (spec.shots as EvalConfig.mcq_sets() resolves it; None reads as 0)."""
+    spec = spec if spec.shots is not None else spec.model_copy(update={"shots": 0})
     test = load_items(spec)
     where = f"eval.mcq.{spec.name}"
     problems = _test_problems(spec, test, where)
