@@ -403,4 +403,5 @@ def metrics(cfg: EvalConfig) -> list[str]:
 
 # judge_ref_score grades the reference, not the model: a diagnostic like the counts and the cost.
 EVALUATORS.register("judge")(Evaluator(enabled=lambda c: c.judge.enabled, metrics=metrics, run=run, check=check,
-                                       objectives={"judge_score": "max", "judge_win_rate": "max"}))
+                                       objectives={"judge_score": "max", "judge_win_rate": "max"},
+                                       after=("generate",)))  # it scores generate's predictions
