@@ -30,7 +30,7 @@ from trainables.registry import Registry
 
 if TYPE_CHECKING:
     from trainables.data.formats import Example
-    from trainables.evaluate.config import EvalConfig
+    from trainables.schema.eval import EvalConfig
 
 
 @dataclass

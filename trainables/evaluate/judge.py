@@ -48,7 +48,7 @@ from trainables.evaluate.prompts import load_prompts, load_references
 from trainables.paths import atomic_write_text
 
 if TYPE_CHECKING:
-    from trainables.evaluate.config import EvalConfig, JudgeConfig
+    from trainables.schema.eval import EvalConfig, JudgeConfig
 
 REASONS = ("no_reference", "no_answer", "unparseable", "failed")
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from trainables.data.formats import read_rows, resolve_data_path
-from trainables.evaluate.config import INLINE, MCQLayout, MCQSet
 from trainables.evaluate.mcq_parse import (
     LETTERS,
     MAX_MULTI_OPTIONS,
@@ -36,6 +35,7 @@ from trainables.evaluate.mcq_parse import (
     options,
     text,
 )
+from trainables.schema.eval import INLINE, MCQLayout, MCQSet
 
 _SPLIT_SUFFIX = re.compile(r"[_-](test|val|dev|train|validation)$", re.IGNORECASE)
 _SUFFIXES = (".csv", ".json", ".jsonl")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trainables.evaluate.config import INLINE, MCQLayout
+from trainables.schema.eval import INLINE, MCQLayout
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MAX_MULTI_OPTIONS = 6  # multi-answer scoring compares all 2^n - 1 letter sets

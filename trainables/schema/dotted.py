@@ -25,7 +25,7 @@ def named_item_model(ann: Any) -> type[BaseModel] | None:
 
 def item_name(item: Any) -> str | None:
     """The name a list item is addressed by: its `name`, else (a perplexity entry) its file's stem."""
-    from trainables.evaluate.config import metric_stem
+    from trainables.schema.eval import metric_stem
 
     if isinstance(item, BaseModel):
         item = item.model_dump()

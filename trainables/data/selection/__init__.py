@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from trainables.registry import Registry
 
 if TYPE_CHECKING:
-    from trainables.data.config import SelectionConfig
     from trainables.data.formats import Example
+    from trainables.schema.data import SelectionConfig
 
 Ranking = Callable[["list[Example]", "SelectionConfig", int], Iterable[int]]
 
