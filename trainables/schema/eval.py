@@ -6,7 +6,7 @@ Defaults run nothing extra (cheap). Each sub-section switches one evaluator on:
     generate: {data: eval/evol_instruct_gt.json}         -> pred.json + gen_* metrics
     judge: {enabled: true, base_url: ..., model: ...}    -> judge_score, judge_parse_failures, ...
 `only: true` makes a trial evaluate without training (baselines, decoding sweeps): the driver then
-runs trainables.evaluate.eval_only.eval_trial instead of the training trial.
+runs trainables.eval_trial.eval_trial instead of the training trial.
 """
 
 from __future__ import annotations
@@ -382,7 +382,7 @@ class JudgeConfig(Strict):
 class EvalConfig(Strict):
     """Evaluations beyond the held-out eval_loss the training loop reports."""
 
-    only: bool = Field(False, description="evaluate without training (baselines, decoding sweeps): eval_only.eval_trial")
+    only: bool = Field(False, description="evaluate without training (baselines, decoding sweeps): trainables/eval_trial.py")
     adapter: str | None = Field(None, description="peft adapter dir loaded onto model.name (eval-only trials)")
     heldout: bool | None = Field(
         None, description="eval-only trials: also score eval_loss on the held-out rows of data.train (default "
