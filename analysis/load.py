@@ -16,10 +16,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-SPACE_KINDS = ("choice", "grid", "uniform", "loguniform", "int", "tie")
-LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed"]
-TRAIN_METRICS = ["eval_loss", "best_eval_loss", "eval_perplexity", "train_loss"]
-COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
+# The writer's own column names (a package that imports nothing): no harness import here.
+from results_contract import COST, LEAD, SPACE_KINDS, TRAIN_METRICS
+
 # Which columns are quality metrics, and which way is better, is what sweep.yaml's metric_directions says (the
 # driver writes what the training loop and each evaluator declare). A sweep directory from before that key
 # keeps the objective's search.mode; its other metrics are chosen by name as below and get no direction.

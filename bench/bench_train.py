@@ -70,7 +70,7 @@ class Setup:
 
     def __init__(self, args: argparse.Namespace):
         from trainables.models import bf16_supported, load_model
-        from trainables.qlora import make_autocast
+        from trainables.training import make_autocast
 
         self.args = args
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -135,7 +135,7 @@ def run_ours(s: Setup, name: str, *, packing: bool, group: bool, compile_: bool 
     from transformers import get_scheduler
 
     from trainables.batching import collate, pack, packing_isolates
-    from trainables.qlora import make_autocast, order_batches, train_step
+    from trainables.training import make_autocast, order_batches, train_step
 
     a = s.args
     autocast = make_autocast(s.device, False) if fp32 else s.autocast

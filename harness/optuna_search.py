@@ -3,7 +3,7 @@
 Optuna commits a trial's end to optuna.db the moment Ray tells it; Ray saves its own experiment state
 (trial list and searcher) every few seconds. A `kill -9` between the two leaves a trial that Optuna
 holds as finished but Ray's saved state still holds as running. `--resume` then restores it from its
-last checkpoint, the trial only says its last report again (trainables/qlora.py), and Ray passes that
+last checkpoint, the trial only says its last report again (trainables/trial.py), and Ray passes that
 report on to Optuna, which refuses to touch a finished trial (UpdateFinishedTrialError) and stopped the
 whole resumed sweep (CI, 2026-12-01). Such a trial was already told: here it is left as Optuna has it.
 A trial the restored searcher never suggested (its state was saved before the trial began, and

@@ -5,7 +5,7 @@ appends it to trials/<id>/metrics.jsonl and rewrites results.csv atomically, so 
 any moment leaves the last complete table on disk. It rebuilds the table from Ray's trial
 list each time, so after a resume it continues where the restored experiment stands.
 When the sweep is stored at a URI it writes the local copy and uploads what changed
-(harness/storage.py), at most every PUSH_EVERY_S seconds and at the end.
+(trainables/storage.py), at most every PUSH_EVERY_S seconds and at the end.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from typing import Any
 import yaml
 from ray import tune
 
-from harness.config import TRAIN_METRICS
+from results_contract import COST, TRAIN_METRICS
 from trainables.paths import ENDED, atomic_write_text, trial_ended
 
-LEAD = ["trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures"]
 PUSH_EVERY_S = 10.0
-COST = ["train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second"]
 # Reported every time but not worth a results column (they are in metrics.jsonl).
 HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report"}
 # Per-report values worth keeping in metrics.jsonl.
@@ -160,7 +158,7 @@ class ResultsWriter(tune.Callback):
     def __init__(self, run_dir: Path, searched: list[str], extra_metrics: list[str], reports_per_trial: int,
                  base: dict[str, Any], store: Any = None):
         self.run_dir = Path(run_dir)
-        self.store = store  # harness.storage.Storage; None: run_dir is all there is
+        self.store = store  # trainables.storage.Storage; None: run_dir is all there is
         self.searched = searched
         self.extra_metrics = extra_metrics
         self.reports_per_trial = reports_per_trial

@@ -11,7 +11,7 @@ Measured on a smoke sweep (polling the copy every 50 ms), a `kill -9` of the dri
 `repair` fixes these from files on disk: a cut (or lagging) state file is replaced by Ray's staging copy
 when this machine still has it (with the searcher's state saved beside it, so that the two agree), a
 newer checkpoint takes the name the state expects (the trial goes on from its newest state; one that had
-ended only says its last report again, trainables/qlora.py), and a trial that had failed for good is
+ended only says its last report again, trainables/trial.py), and a trial that had failed for good is
 marked failed. `ended_trials` says which trials ended, from what the driver wrote before the kill.
 A checkpoint that the saved state still lists but keep-best-k has deleted since is dropped from the list
 (Ray would log a FileNotFoundError traceback trying to delete it again).
@@ -184,7 +184,7 @@ def _forget_missing_checkpoints(state: dict) -> bool:
 def _go_on_from_newest(tune_dir: Path, trial: dict, meta: dict, ended: bool) -> str | None:
     """The checkpoint an unfinished trial goes on from: the one the saved state names, unless keep-best-k
     pruned it since, or the trial had ended since (its final checkpoint, where it only reports its last
-    result again, trainables/qlora.py: its .ended marker, or no step left; from the saved one it would
+    result again, trainables/trial.py: its .ended marker, or no step left; from the saved one it would
     train its last steps again). The newer checkpoint takes the saved one's name. Returns a note."""
     wanted = (meta.get("last_result") or {}).get("checkpoint_dir_name")
     trial_dir = Path(tune_dir) / trial.get("relative_logdir", "")

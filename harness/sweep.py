@@ -568,9 +568,9 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
 
     from harness.config import SearchConfig
     from harness.results import ResultsWriter
-    from trainables.evaluate.eval_only import eval_trial
-    from trainables.qlora import train_trial
+    from trainables.eval_trial import eval_trial
     from trainables.secrets import redact, redact_obj
+    from trainables.trial import train_trial
 
     # Ray pickles what it is given (tuner.pkl, trial names and dirs, its logs) and W&B records it: both get
     # the config with secret values masked as ${NAME}; a trial resolves them from its environment again.

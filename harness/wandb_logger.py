@@ -72,7 +72,7 @@ class WandbLogger(LoggerCallback):
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         if trial.trial_id not in self._open:
             self.log_trial_start(trial)
-        # A trial's report is flat (trainables/qlora.py); Tune adds the nested config, not logged.
+        # A trial's report is flat (trainables/trial.py); Tune adds the nested config, not logged.
         values = {k: v for k, v in result.items()
                   if isinstance(v, numbers.Number) and k not in _NOT_LOGGED and k not in _TO_CONFIG}
         config = {k: result[k] for k in _TO_CONFIG if k in result}

@@ -22,7 +22,7 @@ from trainables.batching import (
 from trainables.data.formats import load_examples
 from trainables.data.tokenize import IGNORE, encode
 from trainables.models import load_model
-from trainables.qlora import order_batches, train_step
+from trainables.training import order_batches, train_step
 
 NO_AUTOCAST = contextlib.nullcontext
 
@@ -120,7 +120,7 @@ def test_packing_check_catches_a_model_that_mixes_examples(model):
 
 
 def test_a_worker_checks_each_model_once(model):
-    from trainables.qlora import packs_apart
+    from trainables.training import packs_apart
 
     class Counting(IgnoresPositions):
         calls = 0

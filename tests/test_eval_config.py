@@ -20,6 +20,23 @@ def test_registry_order_puts_generation_before_judge():
     names = EVALUATORS.names_in_order()
     assert set(names) == {"perplexity", "mcq", "generate", "judge"}
     assert names.index("generate") < names.index("judge")
+    assert EVALUATORS.get("judge").after == ("generate",)  # declared where the judge is defined
+
+
+def test_run_order_follows_after_not_names_or_imports():
+    from trainables.evaluate import Evaluator, _OrderedRegistry
+
+    def ev(*after):
+        return Evaluator(enabled=bool, metrics=list, run=dict, after=after)
+
+    reg = _OrderedRegistry("evaluator")
+    for name, e in (("zeta", ev()), ("alpha", ev("zeta")), ("beta", ev())):
+        reg.register(name)(e)
+    assert reg.names_in_order() == ["zeta", "alpha", "beta"]
+    reg.register("gamma")(ev("delta"))
+    reg.register("delta")(ev("gamma"))
+    with pytest.raises(ValueError, match="circle"):
+        reg.names_in_order()
 
 
 def test_metric_names_for_a_full_config():

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from harness.config import SweepConfig
-from trainables.evaluate.eval_only import evaluate_config
+from trainables.eval_trial import evaluate_config
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_an_evaluation_skips_the_training_pools_held_out_rows_unless_asked(tmp_p
 def test_eval_trial_under_ray_tune(tmp_path):
     from ray import tune
 
-    from trainables.evaluate.eval_only import eval_trial
+    from trainables.eval_trial import eval_trial
 
     cfg = SweepConfig.model_validate({
         "name": "t", "eval": {"only": True, "generate": {"data": "eval/vicuna_question.jsonl", "limit": 1,

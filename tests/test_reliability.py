@@ -115,18 +115,18 @@ def test_a_nan_trial_is_stopped_marked_and_not_retried_in_vain(failing_run):
     bad = rows[1e37]
     assert bad["status"] == "ERROR" and bad["error_type"] == "FloatingPointError"
     # Recorded where the loss became NaN, not where the retry raised it again.
-    source = (REPO / "trainables" / "qlora.py").read_text().splitlines()
+    source = (REPO / "trainables" / "trial.py").read_text().splitlines()
     found = next(i + 1 for i, line in enumerate(source) if line.strip() == "raise FloatingPointError(message)")
-    assert bad["error"] == (f"FloatingPointError: loss became NaN/inf at step 1; lower train.lr (at qlora.py:{found} "
-                            "in train_loop)")
+    assert bad["error"] == (f"FloatingPointError: loss became NaN/inf at step 1; lower train.lr (at trial.py:{found} "
+                            "in report)")
     # Tried, then retried once (recovery.max_failures=1): the retry found nan_loss.txt and failed at once,
     # before loading the model (README: "its retries fail at once").
     assert bad["failures"] == "2"
     trial = run_dir / "trials" / bad["trial_id"]
     failures = (trial / "error.txt").read_text().split("Failure # ")[1:]
     at_once = next(i + 1 for i, line in enumerate(source) if "raise FloatingPointError(nan_marker" in line)
-    assert len(failures) == 2 and f"line {found}, in train_loop" in failures[0]
-    assert f"line {at_once}, in train_loop" in failures[1]
+    assert len(failures) == 2 and f"line {found}, in report" in failures[0]
+    assert f"line {at_once}, in open_trial" in failures[1]
     assert (trial / "nan_loss.txt").exists() and history(run_dir, bad["trial_id"]) == []
     report = (run_dir / "report" / "report.md").read_text()
     assert "FloatingPointError" in report and "1 failed" in report

@@ -113,7 +113,7 @@ def test_an_exception_leaves_a_trial_masked_and_any_other_untouched(keys):
 
 def test_a_trial_computes_with_the_values_the_driver_masked(keys):
     from harness.config import SweepConfig
-    from trainables.qlora import trial_config
+    from trainables.schema import trial_config
 
     cfg = SweepConfig.model_validate({"name": "t", "description": f"q {KEY}", "wandb": {"project": JUDGE_KEY},
                                       "search": {"space": {"description": {"choice": [f"a {KEY}", "b"]}}}})

@@ -143,3 +143,21 @@ def test_registry_and_config_validation():
         SelectionConfig(strategy="longst")
     with pytest.raises(ValueError, match="both 0"):
         SelectionConfig(strategy="weighted", length_weight=0, score_weight=0)
+
+
+def test_a_strategy_is_a_declared_object_that_select_and_the_driver_read(pool):
+    from trainables.data.selection import Strategy, needs_model, strategy
+
+    assert SELECTION.get("loss") == Strategy("loss", SELECTION.get("loss").rank, needs_model=True)
+    assert SELECTION.get("longest_matched").budget_of == "random" and not needs_model("longest_matched")
+    assert needs_model("ifd") and not needs_model("random")
+
+    @strategy("reversed_for_test", budget_of="first")
+    def reversed_order(examples, cfg, seed):
+        return reversed(range(len(examples)))
+
+    assert reversed_order is SELECTION.get("reversed_for_test").rank  # the function itself stays callable
+    chosen = select(pool, SelectionConfig(strategy="reversed_for_test", n=3), 0, lambda e: 10)
+    assert ids(chosen) == ids(pool[::-1][:3])  # the tokens of `first`'s 3 examples, from the end
+    with pytest.raises(ValueError, match="registered twice"):
+        strategy("reversed_for_test")(reversed_order)

@@ -11,7 +11,7 @@ import torch
 from trainables.data.formats import load_examples
 from trainables.data.tokenize import IGNORE, encode
 from trainables.models import bf16_supported, load_model
-from trainables.qlora import collate, mean_loss, micro_batches, report_steps, token_loss_sum
+from trainables.training import collate, mean_loss, micro_batches, report_steps, token_loss_sum
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """One trial in one process, or data-parallel over several (Ray Train inside Ray Tune).
 
-The training loop (trainables/qlora.py `train_loop`) talks to whatever runs it through a session:
+The training loop (trainables/trial.py `train_loop`) talks to whatever runs it through a session
+(trial.py `TrialSession`):
   Session     the Ray Tune trial process itself (resources.workers_per_trial: 1): every method is the
               identity or Ray Tune's own call, so a one-process trial runs exactly as without it
   DDPSession  one of N Ray Train workers: the LoRA model wrapped in DistributedDataParallel, each worker
@@ -105,10 +106,11 @@ class Session:
         """`value` summed over all processes of the trial (one process: itself)."""
         return float(value)
 
-    def checkpoint(self) -> Any:
+    def get_checkpoint(self) -> dict[str, Any] | None:
+        """The TrainState dict of the trial's last checkpoint (state.pt), or None."""
         from ray import tune
 
-        return tune.get_checkpoint()
+        return _load_state(tune.get_checkpoint())
 
     def tagged(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Metrics with this node and the world size, unless they name the node they were made on (a
@@ -165,10 +167,10 @@ class DDPSession(Session):
         dist.all_reduce(t)
         return float(t)
 
-    def checkpoint(self) -> Any:
+    def get_checkpoint(self) -> dict[str, Any] | None:
         import ray.train
 
-        return ray.train.get_checkpoint()
+        return _load_state(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         import ray.train
@@ -190,15 +192,25 @@ def _sum_gradients(state, bucket):  # unannotated: DDP refuses string annotation
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
+def _load_state(checkpoint: Any) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", weights_only=False)
+
+
 def _worker(train_loop: Callable[..., None], params: dict[str, Any], base: dict[str, Any], storage: str,
             tokens: tuple[str, dict], trial_id: str) -> None:
-    train_loop(params, base=base, storage=storage, tokens=tokens, session=DDPSession(trial_id))
+    from trainables.schema import trial_config
+
+    # Each worker resolves the config in its own process: secrets come from its environment, never pickled.
+    train_loop(trial_config(base, params), storage=storage, tokens=tokens, session=DDPSession(trial_id))
 
 
 def run(train_loop: Callable[..., None], params: dict[str, Any], *, base: dict[str, Any], storage: str,
-        tokens: tuple[str, dict], resources: Any) -> None:
-    """Run `train_loop(params, base=, storage=, tokens=, session=)` for one Tune trial: in this process, or on
-    resources.workers_per_trial Ray Train workers (waiting for them).
+        tokens: tuple[str, dict], cfg: Any) -> None:
+    """Run `train_loop(cfg, storage=, tokens=, session=)` for one Tune trial: in this process (with `cfg`, the
+    trial's config, validated once), or on resources.workers_per_trial Ray Train workers (waiting for them).
 
     The Ray Train run is named after the trial under <storage>/train/, so when Tune retries or resumes
     the trial, Ray Train finds the run and its workers continue from its last checkpoint."""
@@ -206,10 +218,11 @@ def run(train_loop: Callable[..., None], params: dict[str, Any], *, base: dict[s
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
+    resources = cfg.resources
     n = resources.workers_per_trial
     if n == 1:
         with trial_process():
-            train_loop(params, base=base, storage=storage, tokens=tokens, session=Session(trial_id))
+            train_loop(cfg, storage=storage, tokens=tokens, session=Session(trial_id))
         return
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback

@@ -328,15 +328,8 @@ def _score(value: Any) -> float | None:
     return f if f == f else None  # NaN (e.g. an empty parquet cell) is no score
 
 
-def row_to_example(row: Any, i: int, source: str, fmt: str = "auto",
-                   fields: Mapping[str, str] | None = None) -> Example:
-    """One row -> Example; ValueError with a short reason when the row is malformed."""
-    if isinstance(row, _Unparsable):
-        raise ValueError(row.error)
-    row = _unwrap(row)
-    if not isinstance(row, Mapping):
-        raise ValueError(f"row is a {type(row).__name__}, not an object")
-    row = map_fields(row, fields or {})
+def _messages(row: Mapping[str, Any], fmt: str) -> list[dict[str, str]]:
+    """The row's conversation, ending in a non-empty assistant turn; prompts without the Alpaca template."""
     kind = detect_format(row) if fmt == "auto" else fmt
     try:
         msgs = CONVERTERS[kind](row)
@@ -347,6 +340,19 @@ def row_to_example(row: Any, i: int, source: str, fmt: str = "auto",
     for m in msgs:  # any source may carry the Alpaca template inside the prompt (FastChat exports do)
         if m["role"] == "user":
             m["content"] = strip_alpaca_preamble(m["content"])
+    return msgs
+
+
+def row_to_example(row: Any, i: int, source: str, fmt: str = "auto",
+                   fields: Mapping[str, str] | None = None) -> Example:
+    """One row -> Example; ValueError with a short reason when the row is malformed."""
+    if isinstance(row, _Unparsable):
+        raise ValueError(row.error)
+    row = _unwrap(row)
+    if not isinstance(row, Mapping):
+        raise ValueError(f"row is a {type(row).__name__}, not an object")
+    row = map_fields(row, fields or {})
+    msgs = _messages(row, fmt)
     rid = next((row[k] for k in _ID_KEYS if row.get(k) not in (None, "")), None)
     category = next((row[k] for k in _CATEGORY_KEYS if isinstance(row.get(k), str) and row[k]), None)
     extra = {k: v for k, v in row.items() if k not in CANONICAL and k not in _ID_KEYS

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.data.config import CurriculumConfig, DataConfig, SelectionConfig
 from trainables.data.difficulty import attach_scores
 from trainables.data.formats import (
     DataNotFound,
@@ -26,6 +25,7 @@ from trainables.data.formats import (
 )
 from trainables.data.hygiene import decontaminate, dedup
 from trainables.data.selection import needs_model, select
+from trainables.schema.data import CurriculumConfig, DataConfig, SelectionConfig
 
 
 @dataclass

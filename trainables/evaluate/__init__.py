@@ -4,8 +4,10 @@ Each evaluator is one module that registers an `Evaluator`: whether the config s
 metric names it will produce (EvalConfig.metrics(), checked against search.metric before launch),
 which of them are objectives and in which direction (`objectives`: name pattern -> "min" | "max";
 counts and diagnostics match no pattern and cannot be search.metric), `check(cfg)` (the input problems it
-can find before any work) and `run(ctx)`. They run in registration order, so the judge sees the
-generation's outputs. `run_all` is what a trial calls at its end; `check_inputs` what it calls at its
+can find before any work), `run(ctx)`, and `after`: the evaluators whose outputs it reads (the judge
+reads generate's). They run in name order, each after those it names (`run_order`): generate, judge,
+mcq, perplexity. Adding one: a module that registers its Evaluator, its name in the import line below,
+and a test. `run_all` is what a trial calls at its end; `check_inputs` what it calls at its
 start (and the driver's preflight calls `input_problems`, over every searched variant of the eval
 section), so that an evaluation that cannot score its data fails before training.
 
@@ -28,7 +30,7 @@ from trainables.registry import Registry
 
 if TYPE_CHECKING:
     from trainables.data.formats import Example
-    from trainables.evaluate.config import EvalConfig
+    from trainables.schema.eval import EvalConfig
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Evaluator:
     objectives: Mapping[str, Direction | None] = field(default_factory=dict)
 
     check: Callable[[EvalConfig], list[str]] = _no_problems  # input problems found before any work
+    after: tuple[str, ...] = ()  # evaluators that must run first (their outputs are this one's input)
 
     def direction(self, metric: str) -> Direction | None:
         return next((d for pattern, d in self.objectives.items() if fnmatchcase(metric, pattern)), None)
@@ -71,12 +74,25 @@ class Evaluator:
 
 class _OrderedRegistry(Registry[Evaluator]):
     def names_in_order(self) -> list[str]:
-        return list(self._items)
+        """Run order: by name, each evaluator after the ones it declares in `after` (not import order)."""
+        order: list[str] = []
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in path:
+                raise ValueError(f"evaluators {' -> '.join((*path, name))}: `after` goes round in a circle")
+            for first in self.get(name).after:
+                visit(first, (*path, name))
+            if name not in order:
+                order.append(name)
+
+        for name in self.names():
+            visit(name, ())
+        return order
 
 
 EVALUATORS: _OrderedRegistry = _OrderedRegistry("evaluator")
 
-# Registration order = run order (generate before judge). Imported for their @register side effect.
+# Imported for their register side effect; the run order is names_in_order's, whatever the order here.
 from trainables.evaluate import generate, judge, mcq, mcq_data, perplexity  # noqa: E402,F401,I001
 
 

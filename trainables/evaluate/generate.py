@@ -27,7 +27,7 @@ from trainables.evaluate.prompts import PromptRow, load_prompts
 from trainables.paths import atomic_write_text
 
 if TYPE_CHECKING:
-    from trainables.evaluate.config import EvalConfig, GenerateConfig
+    from trainables.schema.eval import EvalConfig, GenerateConfig
 
 
 def decoding_kwargs(g: GenerateConfig) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from trainables.evaluate.prompts import load_prompts, load_references
 from trainables.paths import atomic_write_text
 
 if TYPE_CHECKING:
-    from trainables.evaluate.config import EvalConfig, JudgeConfig
+    from trainables.schema.eval import EvalConfig, JudgeConfig
 
 REASONS = ("no_reference", "no_answer", "unparseable", "failed")
 
@@ -403,4 +403,5 @@ def metrics(cfg: EvalConfig) -> list[str]:
 
 # judge_ref_score grades the reference, not the model: a diagnostic like the counts and the cost.
 EVALUATORS.register("judge")(Evaluator(enabled=lambda c: c.judge.enabled, metrics=metrics, run=run, check=check,
-                                       objectives={"judge_score": "max", "judge_win_rate": "max"}))
+                                       objectives={"judge_score": "max", "judge_win_rate": "max"},
+                                       after=("generate",)))  # it scores generate's predictions

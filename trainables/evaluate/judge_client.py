@@ -40,7 +40,7 @@ from trainables.paths import atomic_write_text, cache_dir
 from trainables.secrets import redact
 
 if TYPE_CHECKING:
-    from trainables.evaluate.config import JudgeConfig
+    from trainables.schema.eval import JudgeConfig
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]

@@ -31,7 +31,7 @@ from trainables.evaluate.mcq_data import MCQItem, exemplars_for, prepare
 from trainables.paths import atomic_write_text
 
 if TYPE_CHECKING:
-    from trainables.evaluate.config import EvalConfig, MCQSet
+    from trainables.schema.eval import EvalConfig, MCQSet
 
 
 class MCQDataError(EvalInputError):
@@ -230,7 +230,7 @@ def run(ctx: EvalContext) -> dict[str, float]:
 
 @functools.lru_cache(maxsize=64)
 def _problems_of(spec_json: str) -> tuple[str, ...]:
-    from trainables.evaluate.config import MCQSet
+    from trainables.schema.eval import MCQSet
 
     return tuple(prepare(MCQSet.model_validate_json(spec_json)).problems)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from trainables.data.formats import read_rows, resolve_data_path
-from trainables.evaluate.config import INLINE, MCQLayout, MCQSet
 from trainables.evaluate.mcq_parse import (
     LETTERS,
     MAX_MULTI_OPTIONS,
@@ -36,6 +35,7 @@ from trainables.evaluate.mcq_parse import (
     options,
     text,
 )
+from trainables.schema.eval import INLINE, MCQLayout, MCQSet
 
 _SPLIT_SUFFIX = re.compile(r"[_-](test|val|dev|train|validation)$", re.IGNORECASE)
 _SUFFIXES = (".csv", ".json", ".jsonl")
@@ -130,14 +130,16 @@ def _describe(file: Path, i: int, row: Any, layout: MCQLayout) -> str:
     return f"{file.name} row {i} (answer {answer!r}; fields: {fields})"
 
 
-def load_items(spec: MCQSet, dev: bool = False) -> Loaded:
-    """Every scorable item of the test (or dev) split in file order, and the skipped rows by reason."""
-    path = spec.dev_path if dev else spec.path
-    assert path is not None
-    layout = spec.layout(dev)
-    out = Loaded(source=path)
-    parsed: list[tuple[Path, int, Any, str, Any]] = []  # file, row index, row, subject, (question, context, pairs)
-    for file in _files(path, f"eval.mcq.{spec.name}.{'dev' if dev else 'path'}"):
+def _skip(out: Loaded, reason: str, file: Path, i: int, row: Any, layout: MCQLayout) -> None:
+    out.skipped[reason] += 1
+    out.examples.setdefault(reason, _describe(file, i, row, layout))
+
+
+def _parsed_rows(spec: MCQSet, dev: bool, layout: MCQLayout, out: Loaded) -> list[tuple[Path, int, Any, str, Any]]:
+    """The split's rows of the wanted subjects, parsed: (file, row index, row, subject, (question, context,
+    pairs)); the subjects seen, the rows read and the skipped ones recorded in `out`."""
+    parsed = []
+    for file in _files(out.source, f"eval.mcq.{spec.name}.{'dev' if dev else 'path'}"):
         out.csv = out.csv or file.suffix.lower() == ".csv"
         for i, row in enumerate(_rows(file, layout)):
             if _blank(row):
@@ -152,8 +154,17 @@ def load_items(spec: MCQSet, dev: bool = False) -> Loaded:
             try:
                 parsed.append((file, i, row, subject, _parse(row, layout, spec.multi)))
             except Skip as e:
-                out.skipped[e.args[0]] += 1
-                out.examples.setdefault(e.args[0], _describe(file, i, row, layout))
+                _skip(out, e.args[0], file, i, row, layout)
+    return parsed
+
+
+def load_items(spec: MCQSet, dev: bool = False) -> Loaded:
+    """Every scorable item of the test (or dev) split in file order, and the skipped rows by reason."""
+    path = spec.dev_path if dev else spec.path
+    assert path is not None
+    layout = spec.layout(dev)
+    out = Loaded(source=path)
+    parsed = _parsed_rows(spec, dev, layout, out)
     reading = numeric_reading([(dotted(r, layout.answer), [t for _, t in p[2]]) for _, _, r, _, p in parsed]) \
         if layout.answer_kind == "auto" else None
     for file, i, row, subject, (question, context, pairs) in parsed:
@@ -161,8 +172,7 @@ def load_items(spec: MCQSet, dev: bool = False) -> Loaded:
         try:
             gold = answer_indices(dotted(row, layout.answer), labels, texts, layout.answer_kind, reading, spec.multi)
         except Skip as e:
-            out.skipped[e.args[0]] += 1
-            out.examples.setdefault(e.args[0], _describe(file, i, row, layout))
+            _skip(out, e.args[0], file, i, row, layout)
             continue
         rid = text(row.get("id")) or text(row.get("")) or text(row.get("question_id")) or f"{file.stem}#{i}"
         out.items.append(MCQItem(f"{subject}/{rid}", subject, question, list(LETTERS[: len(pairs)]), texts,

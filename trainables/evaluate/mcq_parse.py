@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trainables.evaluate.config import INLINE, MCQLayout
+from trainables.schema.eval import INLINE, MCQLayout
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MAX_MULTI_OPTIONS = 6  # multi-answer scoring compares all 2^n - 1 letter sets
@@ -163,20 +163,25 @@ def answer_indices(raw: Any, labels: list[str], texts: list[str], kind: str, bas
     if kind in ("auto", "letter") and s.upper() in upper:
         return [upper.index(s.upper())]
     if kind in ("index", "index1") or (kind == "auto" and _index(s) is not None and base != "text"):
-        i = _index(s)
-        if i is None:
-            raise Skip("answer_not_a_choice")
-        b = {"index": 0, "index1": 1}.get(kind, base)
-        if b is None:
-            raise Skip("index_base")
-        if not 0 <= i - b < len(labels):
-            raise Skip("answer_not_a_choice")
-        return [i - b]
+        return [_by_index(s, kind, base, len(labels))]
     if kind in ("auto", "text") and (j := _by_text(s, texts)) is not None:
         return [j]
     if kind == "text":
         raise Skip("answer_not_a_choice")
     return _decorated_or_set(s, upper, texts, multi)
+
+
+def _by_index(s: str, kind: str, base: int | str | None, n_options: int) -> int:
+    """A numeric answer as an option index: 0-based (index), 1-based (index1), or as numeric_reading decided."""
+    i = _index(s)
+    if i is None:
+        raise Skip("answer_not_a_choice")
+    b = {"index": 0, "index1": 1}.get(kind, base)
+    if b is None:
+        raise Skip("index_base")
+    if not 0 <= i - b < n_options:
+        raise Skip("answer_not_a_choice")
+    return i - b
 
 
 def _decorated_or_set(s: str, upper: list[str], texts: list[str], multi: bool) -> list[int]:

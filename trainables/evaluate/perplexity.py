@@ -23,7 +23,7 @@ from trainables.paths import atomic_write_text
 
 if TYPE_CHECKING:
     from trainables.data.formats import Example
-    from trainables.evaluate.config import EvalConfig, PerplexitySet
+    from trainables.schema.eval import EvalConfig, PerplexitySet
 
 _NO_LIMIT = 1 << 30  # encode() cuts from the right; we cut from the left ourselves (keep_tail)
 
@@ -122,7 +122,7 @@ def run(ctx: EvalContext) -> dict[str, float]:
 
 @functools.lru_cache(maxsize=64)
 def _problems_of(ps_json: str, limit: int | None) -> tuple[str, ...]:
-    from trainables.evaluate.config import PerplexitySet
+    from trainables.schema.eval import PerplexitySet
 
     ps = PerplexitySet.model_validate_json(ps_json)
     return tuple(set_problems(ps, load_set(ps, limit)[1]))

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import random
 
-from trainables.data.selection import SELECTION
+from trainables.data.selection import strategy
 
 
-@SELECTION.register("first")
+@strategy("first")
 def first(pool, cfg, seed: int) -> list[int]:
     return list(range(len(pool)))
 
 
-@SELECTION.register("random")
+@strategy("random")
 def random_n(pool, cfg, seed: int) -> list[int]:
     order = list(range(len(pool)))
     random.Random(seed).shuffle(order)

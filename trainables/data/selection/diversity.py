@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from trainables.data.hygiene import words
-from trainables.data.selection import SELECTION
+from trainables.data.selection import strategy
 from trainables.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def k_center(x: Any, seed: int) -> Iterator[int]:
         pick = int(np.argmax(dist))
 
 
-@SELECTION.register("diversity")
+@strategy("diversity")
 def diversity(pool, cfg, seed: int) -> Iterator[int]:
     x = embed([e.text for e in pool], cfg.embedding, cfg.embedding_model, progress=True)
     return k_center(x, seed)

@@ -3,7 +3,7 @@ the instruction / without it). The scores come from trainables.data.difficulty v
 
 from __future__ import annotations
 
-from trainables.data.selection import SELECTION, model_scored
+from trainables.data.selection import strategy
 from trainables.data.selection.common import sorted_ranking
 
 
@@ -15,15 +15,13 @@ def _meta(pool, key: str) -> list[float]:
     return values
 
 
-@SELECTION.register("loss")
-@model_scored
+@strategy("loss", needs_model=True)
 def by_loss(pool, cfg, seed: int) -> list[int]:
     """Highest response loss first (hardest for the base model); unscored examples are left out."""
     return sorted_ranking(_meta(pool, "loss"), seed, descending=not cfg.ascending)
 
 
-@SELECTION.register("ifd")
-@model_scored
+@strategy("ifd", needs_model=True)
 def by_ifd(pool, cfg, seed: int) -> list[int]:
     """Highest IFD first. IFD >= ifd_max (default 1) means the instruction does not make the response
     easier to predict: Cherry LLM drops those as misaligned pairs."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainables.data.selection import SELECTION
+from trainables.data.selection import strategy
 from trainables.data.selection.common import normalized, sorted_ranking, text_lengths
 
 
@@ -16,13 +16,13 @@ def _scores(pool, what: str) -> list[float]:
     return scores
 
 
-@SELECTION.register("score")
+@strategy("score")
 def top_score(pool, cfg, seed: int) -> list[int]:
     """Highest score first; examples without a score are left out."""
     return sorted_ranking(_scores(pool, "strategy score"), seed, descending=not cfg.ascending)
 
 
-@SELECTION.register("weighted")
+@strategy("weighted")
 def weighted(pool, cfg, seed: int) -> list[int]:
     """length_weight * norm(length) + score_weight * norm(score). A missing score counts as the pool's
     mean score (neither helps nor hurts)."""
