@@ -13,20 +13,6 @@ from trainables.evaluate.generate import decoding_kwargs, generate_rows
 from trainables.evaluate.prompts import load_prompts
 
 
-@pytest.fixture(scope="module")
-def model_tok():
-    import torch
-
-    from trainables.models import load_model
-
-    # One thread: on a small shared CPU, two OpenMP threads contend and run ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model, tok, _ = load_model("smollm2-135m-instruct")
-    yield model.eval(), tok
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("path, n, has_ref", [
     ("eval/evol_instruct_gt.json", 150, True),
     ("eval/test_set_evol_instruct_150.json", 150, False),

@@ -17,17 +17,6 @@ from trainables.data.selection import select
 MAX_LEN = 64
 
 
-@pytest.fixture(scope="module")
-def model_tok():
-    import torch
-
-    from trainables.models import load_model
-
-    torch.set_num_threads(1)
-    model, tok, _ = load_model("smollm2-135m-instruct")
-    return model, tok
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(difficulty, "cache_dir", lambda *parts: tmp_path)
