@@ -46,7 +46,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_intermixed_args(argv)  # overrides may follow flags
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """The command line: a sweep's exit code; bad input raises SystemExit(2) after one line per problem."""
     args = parse_args(argv)
