@@ -41,6 +41,7 @@ def test_decoding_kwargs_greedy_vs_sampling():
                   "temperature": 0.7, "top_k": 5, "top_p": 0.9}
 
 
+@pytest.mark.slow
 def test_left_padded_batch_equals_one_at_a_time(model_tok):
     model, tok = model_tok
     rows = load_prompts("eval/vicuna_question.jsonl", limit=3)  # different prompt lengths -> padding
@@ -50,6 +51,7 @@ def test_left_padded_batch_equals_one_at_a_time(model_tok):
     assert all(r["output"] and 0 < r["new_tokens"] <= 8 for r in batched)
 
 
+@pytest.mark.slow
 def test_seeded_sampling_repeats_and_files_are_written(model_tok, tmp_path):
     model, tok = model_tok
     gen = {"data": "eval/evol_instruct_gt.json", "limit": 2, "max_new_tokens": 6, "temperature": 1.0,
@@ -81,6 +83,7 @@ def test_in_context_examples_reach_the_prompt(model_tok):
     assert msgs[-1] == row.messages[-1]
 
 
+@pytest.mark.slow
 def test_two_turn_questions_are_answered_turn_by_turn(model_tok, tmp_path):
     """MT-bench's question.jsonl: the second turn is answered with the model's own first answer in context."""
     model, tok = model_tok

@@ -109,6 +109,7 @@ def independent(model, tok, prompt: str, conts: list[str]) -> list[float]:
     (dict(name="cfa", preset="ideafinbench", subjects=["economics"], n_per_subject=2), "text", "raw"),
     (dict(name="cmmlu", preset="cmmlu", subjects=["agronomy"], n_per_subject=2), "letter", "chat"),
 ])
+@pytest.mark.slow
 def test_scores_match_independent_computation(model_tok, kw, score, template):
     model, tok = model_tok
     s = spec(**kw, score=score, template=template)
@@ -176,6 +177,7 @@ def test_accuracy_on_a_hand_checkable_set(model_tok, tmp_path):
     assert [p["pred"] for p in saved["predictions"]] == preds and saved["skipped"] == {}
 
 
+@pytest.mark.slow
 def test_multi_answer_set_scores_exact_sets_and_option_f1(model_tok, tmp_path):
     import csv
 
@@ -284,6 +286,7 @@ def test_a_set_that_cannot_be_scored_fails_the_trial_with_its_reason(model_tok, 
         evaluate_set(model, tok, s, batch_size=4, max_len=1024)
 
 
+@pytest.mark.slow
 def test_eval_only_sweep_writes_counts_and_searched_shots_to_results(tmp_path):
     from helpers import read_csv, run_sweep
 

@@ -31,6 +31,7 @@ def direct(model, tok, messages) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("path", FILES)
+@pytest.mark.slow
 def test_matches_direct_computation(model_tok, path):
     model, tok = model_tok
     rows = load_examples(path)[:3]

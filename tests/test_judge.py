@@ -271,6 +271,7 @@ def test_a_judge_that_scores_nothing_or_too_little_fails_the_trial(server, tmp_p
     assert m["judge_n_scored"] == 2 and m["judge_skipped_unparseable"] == 1
 
 
+@pytest.mark.slow
 def test_a_hanging_judge_costs_stall_seconds_not_every_retry(server, tmp_path):
     server.delay = 4.0
     t0 = time.perf_counter()

@@ -42,6 +42,7 @@ def short_examples(n=5):
     return sorted(pool, key=lambda e: len(e.text))[:n]
 
 
+@pytest.mark.slow
 def test_loss_and_ifd_match_the_models_own_loss(model_tok, cache):
     model, tok = model_tok
     examples = short_examples()
@@ -84,6 +85,7 @@ def test_ifd_and_loss_strategies_rank_by_the_scores(model_tok, cache):
     assert [e.meta["ifd"] for e in by_ifd] == kept
 
 
+@pytest.mark.slow
 def test_prepare_scores_for_selection_and_curriculum(model_tok, cache, tmp_path):
     import json
 
@@ -123,6 +125,7 @@ def test_driver_prescores_every_searched_model_based_level(model_tok, cache):
         [line for f in cache.glob("*.jsonl") for line in f.read_text().splitlines()]) == 5  # cached: no rescoring
 
 
+@pytest.mark.slow
 def test_a_padded_batch_scores_each_sequence_as_alone(model_tok):
     # Right padding and logits only at response positions must not change any sequence's loss.
     model, tok = model_tok
