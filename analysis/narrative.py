@@ -164,25 +164,42 @@ def _mcq_sentences(f: Findings) -> list[str]:
 
 
 def analysis_sentences(sweep: Sweep, abl: Ablation, sens: Sensitivity, sav: Savings, f: Findings) -> list[str]:
-    out = []
-    r = sweep.results
+    out = [_count_sentence(sweep.results), _best_sentence(sweep, f), _noise_sentence(sweep.metric, abl)]
+    out += _effect_sentences(sweep.metric, f)
+    if abl.binned:
+        out.append(f"Continuous factors ({', '.join(abl.binned)}) were split into quantile bins for the ablation; "
+                   "the marginal-effect plots show the raw values.")
+    out += _importance_sentences(sweep, abl, sens)
+    out += list(sens.notes)
+    out += [s for s in [_shortfall_sentence(f)] if s] + _mcq_sentences(f)
+    out += [s for s in [_savings_sentence(sweep, sav), _failure_sentence(sweep.results)] if s]
+    return out
+
+
+def _count_sentence(r: pd.DataFrame) -> str:
     counts = r["status"].value_counts()
     n_fin = int(counts.get("TERMINATED", 0))
-    out.append(f"{len(r)} trial(s) ran: {n_fin} finished, {int(counts.get('EARLY_STOPPED', 0))} stopped early, "
-               f"{int(counts.get('ERROR', 0))} failed"
-               + (f" and {int(counts.get('RUNNING', 0))} were still running." if counts.get("RUNNING") else "."))
-    out.append(_best_sentence(sweep, f))
-    noise = abl.noise.get(sweep.metric, math.nan)
+    return (f"{len(r)} trial(s) ran: {n_fin} finished, {int(counts.get('EARLY_STOPPED', 0))} stopped early, "
+            f"{int(counts.get('ERROR', 0))} failed"
+            + (f" and {int(counts.get('RUNNING', 0))} were still running." if counts.get("RUNNING") else "."))
+
+
+def _noise_sentence(metric: str, abl: Ablation) -> str:
+    noise = abl.noise.get(metric, math.nan)
     if math.isfinite(noise):
-        out.append(f"Seed-to-seed noise of {sweep.metric} (pooled std of runs that differ only in the seed): "
-                   f"{noise:.3g}.")
-    else:
-        out.append(f"No configuration was repeated with another seed, so the seed noise of {sweep.metric} is "
-                   "unknown; differences between single runs cannot be tested.")
+        return (f"Seed-to-seed noise of {metric} (pooled std of runs that differ only in the seed): "
+                f"{noise:.3g}.")
+    return (f"No configuration was repeated with another seed, so the seed noise of {metric} is "
+            "unknown; differences between single runs cannot be tested.")
+
+
+def _effect_sentences(metric: str, f: Findings) -> list[str]:
+    """The effects beyond noise, those within it, and those that cannot be tested."""
+    out = []
     if f.effects:
-        out.append("Largest effects beyond noise: " + "; ".join(_effect(e, sweep.metric) for e in f.effects[:3]) + ".")
+        out.append("Largest effects beyond noise: " + "; ".join(_effect(e, metric) for e in f.effects[:3]) + ".")
     elif f.noise_effects:
-        out.append(f"No level of any factor changed {sweep.metric} by more than the noise.")
+        out.append(f"No level of any factor changed {metric} by more than the noise.")
     if f.noise_effects:
         out.append("Within noise: " + "; ".join(
             f"{e['factor']} = {e['level']} vs {e['baseline']} ({e['diff']:+.3g}"
@@ -193,26 +210,27 @@ def analysis_sentences(sweep: Sweep, abl: Ablation, sens: Sensitivity, sav: Savi
                        f"{e['factor']} = {e['level']} vs {e['baseline']} "
                        + (f"({e['diff']:+.3g})" if math.isfinite(e["diff"]) else "(no difference computable)")
                        for e in f.untestable) + ".")
-    if abl.binned:
-        out.append(f"Continuous factors ({', '.join(abl.binned)}) were split into quantile bins for the ablation; "
-                   "the marginal-effect plots show the raw values.")
-    out += _importance_sentences(sweep, abl, sens)
-    out += list(sens.notes)
-    out += [s for s in [_shortfall_sentence(f)] if s] + _mcq_sentences(f)
-    if sav.n_stopped:
-        out.append(f"Early stopping cut {sav.n_stopped} trial(s) short: the sweep used {sav.actual_seconds:,.0f} s "
-                   f"of trial time instead of an estimated {sav.full_seconds:,.0f} s had every trial run all "
-                   f"{sav.max_reports} reports, saving {sav.saved_seconds:,.0f} s ({sav.saved_fraction:.0%}) and "
-                   f"{sav.full_tokens - sav.actual_tokens:,.0f} training tokens.")
-    elif len(r) and not sweep.eval_only:
-        out.append("No trial was stopped early, so early stopping saved nothing.")
-    failed = r[r["status"] == "ERROR"]
-    if len(failed):
-        errs = failed["error"].fillna("").astype(str).value_counts() if "error" in failed else pd.Series(dtype=int)
-        out.append(f"{len(failed)} trial(s) failed: " + "; ".join(
-            f"{n}× {msg or 'no message recorded'}" for msg, n in errs.items()) + ".")
     return out
 
+
+def _savings_sentence(sweep: Sweep, sav: Savings) -> str | None:
+    if sav.n_stopped:
+        return (f"Early stopping cut {sav.n_stopped} trial(s) short: the sweep used {sav.actual_seconds:,.0f} s "
+                f"of trial time instead of an estimated {sav.full_seconds:,.0f} s had every trial run all "
+                f"{sav.max_reports} reports, saving {sav.saved_seconds:,.0f} s ({sav.saved_fraction:.0%}) and "
+                f"{sav.full_tokens - sav.actual_tokens:,.0f} training tokens.")
+    if len(sweep.results) and not sweep.eval_only:
+        return "No trial was stopped early, so early stopping saved nothing."
+    return None
+
+
+def _failure_sentence(r: pd.DataFrame) -> str | None:
+    failed = r[r["status"] == "ERROR"]
+    if not len(failed):
+        return None
+    errs = failed["error"].fillna("").astype(str).value_counts() if "error" in failed else pd.Series(dtype=int)
+    return f"{len(failed)} trial(s) failed: " + "; ".join(
+        f"{n}× {msg or 'no message recorded'}" for msg, n in errs.items()) + "."
 
 def _recommendations(sweep: Sweep, f: Findings) -> list[str]:
     """Per factor with a difference beyond noise: the level to use (or to keep). Factors never include the seed."""

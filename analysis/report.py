@@ -341,22 +341,28 @@ def comparison(doc: Doc, items: list[Analysed]) -> list[str]:
     shared = [m for m in items[0].sweep.metrics + ["train_seconds", "trainable_params"]
               if all(m in a.sweep.results and a.sweep.results[m].notna().any() for a in items)]
     groups = {id(a): setting_groups(a) for a in items}
-    rows = []
-    for a in items:
-        for g in groups[id(a)]:
-            r = g.rows
-            row: dict[str, Any] = {"sweep": a.sweep.name, "setting": g.setting or "–", "trials": len(r),
-                                   "finished": int((r["status"] == "TERMINATED").sum()),
-                                   "stopped": int((r["status"] == "EARLY_STOPPED").sum()),
-                                   "failed": int((r["status"] == "ERROR").sum()),
-                                   "objective": f"{a.sweep.metric} ({a.sweep.mode})"}
-            row.update({f"{m} mean ± sd": _mean_sd(g.values(m)) for m in shared})
-            rows.append(row)
+    rows = [_comparison_row(a, g, shared) for a in items for g in groups[id(a)]]
     doc.table(None, pd.DataFrame(rows), "comparison", "Sweeps side by side, one row per setting (finished "
               "trials of that setting, seeds pooled; shared metrics)")
     key = items[0].sweep.metric
     if key not in shared:
         return ["The sweeps share no objective metric; compare them on the shared columns above."]
+    return _comparison_sentences(items, groups, key)
+
+
+def _comparison_row(a: Analysed, g: Group, shared: list[str]) -> dict[str, Any]:
+    r = g.rows
+    row: dict[str, Any] = {"sweep": a.sweep.name, "setting": g.setting or "–", "trials": len(r),
+                           "finished": int((r["status"] == "TERMINATED").sum()),
+                           "stopped": int((r["status"] == "EARLY_STOPPED").sum()),
+                           "failed": int((r["status"] == "ERROR").sum()),
+                           "objective": f"{a.sweep.metric} ({a.sweep.mode})"}
+    row.update({f"{m} mean ± sd": _mean_sd(g.values(m)) for m in shared})
+    return row
+
+
+def _comparison_sentences(items: list[Analysed], groups: dict[int, list[Group]], key: str) -> list[str]:
+    """Each other sweep's best settings against the first sweep's best, on the objective `key`."""
     mode = items[0].sweep.mode
     best = min if mode == "min" else max
 
@@ -384,7 +390,6 @@ def comparison(doc: Doc, items: list[Analysed]) -> list[str]:
         out.append(f"The best {key} across sweeps is {mean(top):.4g} (mean of the finished trials of one setting), "
                    f"in {top.label}.")
     return out
-
 
 # ---------------------------------------------------------------------------------------------
 # Reproducibility
@@ -456,24 +461,10 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None, baseline: di
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-    sweeps = [load_sweep(d) for d in run_dirs]
-    multi = len(sweeps) > 1
-    names = [s.name for s in sweeps]
-    items = [analyse(s, fig_dir, f"{render.slug(s.name)}_" if multi and names.count(s.name) == 1 else
-                     (f"{render.slug(s.name)}{i}_" if multi else ""), baseline, test, pair)
-             for i, s in enumerate(sweeps)]
-
+    items = [analyse(s, fig_dir, prefix, baseline, test, pair) for s, prefix in _figure_prefixes(run_dirs)]
+    multi = len(items) > 1
     doc = Doc(out_dir)
-    doc.add(f"# Sweep report: {', '.join(names)}", "")
-    doc.add("## Research question", "")
-    for s in sweeps:
-        q = s.config.get("description") or "(no description in sweep.yaml)"
-        doc.add(f"- **{s.name}:** {q} Objective: {s.metric} ({'lower' if s.mode == 'min' else 'higher'} is better).")
-    doc.add("", "## Experiment design", "")
-    for a in items:
-        if multi:
-            doc.add(f"### {a.sweep.name}", "")
-        design(doc, a)
+    _question_and_design(doc, items)
     doc.add("## Results", "")
     for a in items:
         results(doc, a)
@@ -481,17 +472,7 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None, baseline: di
     if multi:
         doc.add("### Comparison across sweeps", "")
         comp_sentences = comparison(doc, items)
-    doc.add("## Analysis", "")
-    for a in items:
-        if multi:
-            doc.add(f"### {a.sweep.name}", "")
-        doc.add(*[f"- {t}" for t in analysis_sentences(a.sweep, a.ablation, a.sensitivity, a.savings, a.findings)], "")
-    if comp_sentences:
-        doc.add("### Across sweeps", "", *[f"- {t}" for t in comp_sentences], "")
-    doc.add("## Conclusion", "")
-    for a in items:
-        prefix = f"**{a.sweep.name}:** " if multi else ""
-        doc.add(prefix + " ".join(conclusion_sentences(a.sweep, a.findings, a.savings)), "")
+    _analysis_and_conclusion(doc, items, comp_sentences)
     doc.add("## Reproducibility", "")
     argv = "python -m analysis.report " + " ".join(str(d) for d in run_dirs) + f" --out {out_dir}"
     if baseline:
@@ -507,6 +488,47 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None, baseline: di
             report.write_text("\n".join(doc.lines[:-2] + [f"- {ln}" for ln in lines] + [""] + doc.lines[-2:]),
                               encoding="utf-8")
     return report
+
+
+def _figure_prefixes(run_dirs: list[Path]) -> list[tuple[Sweep, str]]:
+    """Each sweep with the prefix of its figure files: none for one sweep, its name for several (and its
+    position too when two sweeps share a name)."""
+    sweeps = [load_sweep(d) for d in run_dirs]
+    names = [s.name for s in sweeps]
+    if len(sweeps) == 1:
+        return [(sweeps[0], "")]
+    return [(s, f"{render.slug(s.name)}_" if names.count(s.name) == 1 else f"{render.slug(s.name)}{i}_")
+            for i, s in enumerate(sweeps)]
+
+
+def _question_and_design(doc: Doc, items: list[Analysed]) -> None:
+    multi = len(items) > 1
+    doc.add(f"# Sweep report: {', '.join(a.sweep.name for a in items)}", "")
+    doc.add("## Research question", "")
+    for a in items:
+        s = a.sweep
+        q = s.config.get("description") or "(no description in sweep.yaml)"
+        doc.add(f"- **{s.name}:** {q} Objective: {s.metric} ({'lower' if s.mode == 'min' else 'higher'} is better).")
+    doc.add("", "## Experiment design", "")
+    for a in items:
+        if multi:
+            doc.add(f"### {a.sweep.name}", "")
+        design(doc, a)
+
+
+def _analysis_and_conclusion(doc: Doc, items: list[Analysed], comp_sentences: list[str]) -> None:
+    multi = len(items) > 1
+    doc.add("## Analysis", "")
+    for a in items:
+        if multi:
+            doc.add(f"### {a.sweep.name}", "")
+        doc.add(*[f"- {t}" for t in analysis_sentences(a.sweep, a.ablation, a.sensitivity, a.savings, a.findings)], "")
+    if comp_sentences:
+        doc.add("### Across sweeps", "", *[f"- {t}" for t in comp_sentences], "")
+    doc.add("## Conclusion", "")
+    for a in items:
+        prefix = f"**{a.sweep.name}:** " if multi else ""
+        doc.add(prefix + " ".join(conclusion_sentences(a.sweep, a.findings, a.savings)), "")
 
 
 def wandb_status(a: Analysed, report: Path) -> str:

@@ -262,6 +262,14 @@ def _hf_step_tokens(trainer: Any, steps: int, batch_size: int, unpadded: bool) -
 
 
 def throughput(s: Setup, only: set[str] | None) -> list[dict[str, Any]]:
+    """Every runner (ours in its modes, TRL's SFTTrainer, HF's Trainer) on the same data, repeated in
+    alternating order; one merged row per runner, with its ratio to SFTTrainer and its loss curve's
+    distance from ours."""
+    runners = [(n, fn) for n, fn in _runners(s) if not only or any(o in n for o in only)]
+    return _compare([_merge(rs) for rs in _run_repeats(s, runners).values()])
+
+
+def _runners(s: Setup) -> list[tuple[str, Any]]:
     runners = [
         ("ours (packed, default)", lambda: run_ours(s, "ours (packed, default)", packing=True, group=False)),
         ("ours (length-grouped)", lambda: run_ours(s, "ours (length-grouped)", packing=False, group=True)),
@@ -280,7 +288,10 @@ def throughput(s: Setup, only: set[str] | None) -> list[dict[str, Any]]:
     if s.args.checkpointing:
         runners.append(("ours (packed, grad ckpt)", lambda: run_ours(s, "ours (packed, grad ckpt)", packing=True,
                                                                        group=False, checkpointing=True)))
-    runners = [(n, fn) for n, fn in runners if not only or any(o in n for o in only)]
+    return runners
+
+
+def _run_repeats(s: Setup, runners: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n, _ in runners}
     for rep in range(s.args.repeats):  # alternate the order: drifting load on a shared machine evens out
         for name, fn in runners if rep % 2 == 0 else runners[::-1]:
@@ -291,7 +302,10 @@ def throughput(s: Setup, only: set[str] | None) -> list[dict[str, Any]]:
                 r = {"runner": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
             log(f"  {json.dumps({k: v for k, v in r.items() if k != 'losses'}, default=str)}")
             runs[name].append(r)
-    results = [_merge(rs) for rs in runs.values()]
+    return runs
+
+
+def _compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ref = next((r for r in results if r["runner"] == "trl SFTTrainer" and "losses" in r), None)
     ours = next((r for r in results if r["runner"] == "ours (packed, default)" and "losses" in r), None)
     for r in results:
@@ -517,6 +531,15 @@ def matmul_params() -> int:
 
 
 def print_table(result: dict[str, Any]) -> None:
+    """The result JSON as console tables, one section per measurement that ran."""
+    _print_throughput(result)
+    _print_model_load(result)
+    _print_sweep_overhead(result)
+    _print_time_to_best(result)
+    _print_scaling(result)
+
+
+def _print_throughput(result: dict[str, Any]) -> None:
     thr = [r for r in result.get("throughput", []) if "tokens_per_second" in r]
     ref = next((r for r in thr if r["runner"] == "trl SFTTrainer"), None)
     ours = next((r for r in thr if r["runner"].startswith("ours (packed, default)")), None)
@@ -541,11 +564,17 @@ def print_table(result: dict[str, Any]) -> None:
         if ours and ref:
             print(f"ours / SFTTrainer = {ours['x_sft']:.2f}x by wall clock, {ours['x_sft_cpu']:.2f}x per CPU-second "
                   "(target >= 1.5)")
+
+
+def _print_model_load(result: dict[str, Any]) -> None:
     if "model_load" in result and "cached" in result["model_load"]:
         ml = result["model_load"]
         print(f"\nmodel load: first (GGUF conversion) {ml['first']['model_load_seconds']:.1f} s, cached "
               f"{ml['cached']['model_load_seconds']:.2f} s / {ml['cached_again']['model_load_seconds']:.2f} s "
               f"(target < 2 s); imports per trial process {ml['cached']['import_seconds']:.1f} s")
+
+
+def _print_sweep_overhead(result: dict[str, Any]) -> None:
     for r in result.get("sweep_overhead", []):
         workers = "" if "reuse_workers" not in r else (" reused" if r["reuse_workers"] else " fresh")
         print(f"sweep c={r['concurrency']}{workers}: {r['trials']} trials, wall {r['wall_seconds']:.0f} s (driver alone: "
@@ -554,6 +583,9 @@ def print_table(result: dict[str, Any]) -> None:
               f"train {r['train_seconds']:.0f} s, eval {r['heldout_seconds'] + r['eval_seconds']:.0f} s, setup {r['setup_seconds']:.0f} s, "
               f"other {r['other_seconds']:.0f} s -> wall/train {r['wall_over_train']:.2f}, wall x c/train "
               f"{r['slot_overhead']:.2f}, wall x c/(train+eval) {r['slot_overhead_with_eval']:.2f} (target <= 1.10)")
+
+
+def _print_time_to_best(result: dict[str, Any]) -> None:
     if "time_to_best" in result:
         t = result["time_to_best"]
         frac = t["tpe_fraction_of_grid"]
@@ -563,6 +595,9 @@ def print_table(result: dict[str, Any]) -> None:
               f"(target <= 40%); {t['stopped_early']} of {t['tpe_trials']} stopped early; the whole TPE+ASHA sweep "
               f"{t['tpe_tokens_total']:.0f} tokens = {100 * t['tpe_sweep_fraction_of_grid']:.0f}% of the grid, "
               f"best {t['tpe_best_eval_loss']:.4f}; wall {t['tpe_wall']:.0f} s vs grid {t['grid_wall']:.0f} s")
+
+
+def _print_scaling(result: dict[str, Any]) -> None:
     if result.get("scaling"):
         print(f"\n{'n':>5}{'max_len':>8}{'tokens':>8}{'train s':>9}{'tok/s':>8}{'select s':>9}{'tok ms/ex':>10}"
               f"{'table ms/ex':>12}{'prep %':>8}")

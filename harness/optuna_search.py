@@ -4,13 +4,13 @@ Optuna commits a trial's end to optuna.db the moment Ray tells it; Ray saves its
 (trial list and searcher) every few seconds. A `kill -9` between the two leaves a trial that Optuna
 holds as finished but Ray's saved state still holds as running. `--resume` then restores it from its
 last checkpoint, the trial only says its last report again (trainables/trial.py), and Ray passes that
-report on to Optuna, which refuses to touch a finished trial (UpdateFinishedTrialError) and stopped the
-whole resumed sweep (CI, 2026-12-01). Such a trial was already told: here it is left as Optuna has it.
+report on to Optuna, which refuses to touch a finished trial (UpdateFinishedTrialError, which would stop
+the whole resumed sweep). Such a trial was already told: here it is left as Optuna has it.
 A trial the restored searcher never suggested (its state was saved before the trial began, and
-harness/resume.py found no newer copy to restore with the trial list) stopped it too (KeyError, CI,
-2026-12-01): its results run and are recorded, but Optuna, which cannot be told them, keeps it as running.
+harness/resume.py found no newer copy to restore with the trial list) would stop it too (KeyError): its
+results run and are recorded, but Optuna, which cannot be told them, keeps it as running.
 An objective measured only at the end of a trial (mcq_acc, ppl_<set> under scheduler fifo) is absent from the
-intermediate reports: Optuna is told it once, at the trial's completion.
+intermediate reports: Optuna is told it once, at the trial's completion. (Both incidents: docs/notes.md.)
 """
 
 from __future__ import annotations

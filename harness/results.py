@@ -88,23 +88,10 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
     without having ended was stopped by Ctrl-C: INTERRUPTED, and --resume goes on."""
     last = dict(trial.last_result or {})
     params = {**trial.config, **(ties or {})}
-    status = trial.status
-    if status in ("RUNNING", "PENDING", "PAUSED") and ended in ("complete", "error"):
-        status = "TERMINATED" if ended == "complete" else "ERROR"
-    # Stopped early = ended before its last training step (the trial reports both; Ray's own
-    # training_iteration can lag behind the trial's reports after a resume).
-    if "total_steps" in last:
-        finished = last.get("step", 0) >= last["total_steps"]
-    else:
-        finished = (last.get("report", last.get("training_iteration", 0)) or 0) >= reports_per_trial
-    if status == "TERMINATED" and not finished and not ended:
-        status = "INTERRUPTED"
-    stopped_early = status == "TERMINATED" and not finished
-    if stopped_early:
-        status = "EARLY_STOPPED"
+    status = row_status(trial.status, last, ended, reports_per_trial)
     error_type, error = _trial_error(trial, error_copy) if status == "ERROR" else ("", "")
     row: dict[str, Any] = {
-        "trial_id": trial.trial_id, "status": status, "stopped_early": str(stopped_early).lower(),
+        "trial_id": trial.trial_id, "status": status, "stopped_early": str(status == "EARLY_STOPPED").lower(),
         "error": error, "node_id": last.get("node_id", ""),
         "seed": last.get("seed", trial.config.get("train.seed", "")),
         "error_type": error_type, "failures": _failures(trial),
@@ -116,12 +103,31 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
     if "embedding" in last:  # diversity trials: what k-center embedded with (auto may have fallen back to tfidf)
         row["embedding"] = last["embedding"]
     for key, value in last.items():  # subset statistics, hygiene counts, load times...
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)  # not Ray's flags
-        if numeric and key not in row and key not in HISTORY_ONLY and not key.startswith(
-            ("config/", "time_", "timestamp", "pid", "iterations_since", "done")
-        ):
+        if _extra_column(key, value) and key not in row:
             row[key] = value
     return row
+
+
+def row_status(status: str, last: dict[str, Any], ended: str | None, reports_per_trial: int) -> str:
+    """The results.csv status of a trial Ray calls `status`, from its last report and how it ended."""
+    if status in ("RUNNING", "PENDING", "PAUSED") and ended in ("complete", "error"):
+        status = "TERMINATED" if ended == "complete" else "ERROR"
+    # Stopped early = ended before its last training step (the trial reports both; Ray's own
+    # training_iteration can lag behind the trial's reports after a resume).
+    if "total_steps" in last:
+        finished = last.get("step", 0) >= last["total_steps"]
+    else:
+        finished = (last.get("report", last.get("training_iteration", 0)) or 0) >= reports_per_trial
+    if status == "TERMINATED" and not finished:
+        return "EARLY_STOPPED" if ended else "INTERRUPTED"
+    return status
+
+
+def _extra_column(key: str, value: Any) -> bool:
+    """A numeric value of a report that gets its own column (not Ray's flags, timestamps or ids)."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return numeric and key not in HISTORY_ONLY and not key.startswith(
+        ("config/", "time_", "timestamp", "pid", "iterations_since", "done"))
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -63,7 +63,7 @@ def staging_copies(name: str) -> list[Path]:
 def restore_from_staging(copy: Path, tune_dir: Path) -> None:
     """Ray's staging copy of an experiment state, with the searcher's state that Ray saved beside it:
     the copy in tune_dir may hold an older searcher, which fails on the first report of a trial it never
-    suggested (KeyError in OptunaSearch.on_trial_result; CI, 2026-12-01)."""
+    suggested (KeyError in OptunaSearch.on_trial_result; docs/notes.md)."""
     stamp = copy.name.removeprefix("experiment_state-").removesuffix(".json")
     for name in (copy.name, f"searcher-state-{stamp}.pkl", f"search_gen_state-{stamp}.json"):
         if (copy.parent / name).is_file():

@@ -109,7 +109,7 @@ class WandbLogger(LoggerCallback):
             if trial_id in failed:
                 continue
             try:
-                if wandb is None:  # imported here, off Tune's loop (~1 s); WANDB_SILENT: harness.sweep._quiet_env
+                if wandb is None:  # imported here, off Tune's loop (~1 s); WANDB_SILENT: harness.tuner.quiet_env
                     import wandb
                 if kind == "start":
                     runs[trial_id] = wandb.init(id=trial_id, **payload, **self.init_kwargs, reinit="create_new",

@@ -381,6 +381,7 @@ def test_tiny_sweep_does_not_crash(tmp_path: Path):
     assert_markdown_tables_parse(text)
 
 
+@pytest.mark.slow
 def test_several_sweeps_and_cli_baseline(tmp_path: Path):
     import pandas as pd
 
@@ -403,6 +404,7 @@ def test_several_sweeps_and_cli_baseline(tmp_path: Path):
     assert (out / "figures" / "sim_optuna_learning_curves.png").exists()
 
 
+@pytest.mark.slow
 def test_partial_sweep_without_sweep_yaml(tmp_path: Path):
     """A sweep killed mid-way: no sweep.yaml, a RUNNING trial, a half-written history line."""
     from analysis.report import write_report
@@ -419,6 +421,7 @@ def test_partial_sweep_without_sweep_yaml(tmp_path: Path):
     assert "still running" in text and "not recorded in sweep.yaml" in text
 
 
+@pytest.mark.slow
 def test_wandb_offline_run(tmp_path: Path, monkeypatch):
     pytest.importorskip("wandb")
     from analysis.report import write_report
@@ -438,6 +441,7 @@ def test_missing_results_is_a_clear_error(tmp_path: Path):
     assert main([str(tmp_path / "nope")]) == 2
 
 
+@pytest.mark.slow
 def test_module_runs_as_script(tmp_path: Path):
     run = write_simulated_sweep(tmp_path, "tiny")
     r = subprocess.run([sys.executable, "-m", "analysis.report", str(run)], capture_output=True, text=True,
@@ -446,6 +450,7 @@ def test_module_runs_as_script(tmp_path: Path):
     assert (run / "report" / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_cli_bootstrap_test_and_chosen_heatmap_pair(tmp_path: Path):
     import pandas as pd
 

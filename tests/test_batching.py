@@ -93,6 +93,7 @@ def test_pack_restarts_positions_and_never_predicts_across_a_boundary(encoded):
     assert not set((starts - 1).tolist()) & set(packed.keep.tolist())  # last token of one -> first of the next
 
 
+@pytest.mark.slow
 def test_packed_logits_equal_unpacked_ones(model, encoded):
     rows = encoded[:3]
     with torch.no_grad():
@@ -115,10 +116,12 @@ class IgnoresPositions(torch.nn.Module):
         return self.inner(**kwargs)
 
 
+@pytest.mark.slow
 def test_packing_check_catches_a_model_that_mixes_examples(model):
     assert not packing_isolates(IgnoresPositions(model), "cpu", NO_AUTOCAST)
 
 
+@pytest.mark.slow
 def test_a_worker_checks_each_model_once(model):
     from trainables.training import packs_apart
 
@@ -165,6 +168,7 @@ def two_steps(model, params, opt, sched, batches) -> list[float]:
     return [float(train_step(model, [b], NO_AUTOCAST, opt, sched, params, 1.0)) / b.n_labels for b in batches]
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_the_same_loss(lora_factory, encoded):
     batches = [pack(encoded[:2]), pack(encoded[2:4])]
     plain = two_steps(*lora_factory(), batches)
@@ -173,6 +177,7 @@ def test_gradient_checkpointing_trains_the_same_loss(lora_factory, encoded):
     assert checkpointed == pytest.approx(plain, rel=1e-4)  # recomputed activations, same numbers
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_the_same_loss(lora_factory, encoded):
     batches = [pack(encoded[:2]), pack(encoded[2:4])]
     plain = two_steps(*lora_factory(), batches)
@@ -181,6 +186,7 @@ def test_compiled_model_trains_the_same_loss(lora_factory, encoded):
     assert compiled == pytest.approx(plain, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_loss_scaling_takes_the_same_step_and_skips_an_overflow(lora_factory, encoded):
     # fp16 autocast (GPUs without bf16) trains with a GradScaler; on finite gradients the scaled step is
     # the unscaled one, and a step whose gradients overflow is skipped with the scale lowered.

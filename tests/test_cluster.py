@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_csv, run_sweep, sweep_env
+from helpers import REPO, read_csv, run_sweep, sweep_env
 from ray_nodes import Cluster, ray_cluster
 
 pytestmark = pytest.mark.slow

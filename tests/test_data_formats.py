@@ -122,6 +122,7 @@ def test_unmappable_file_fails_clearly_in_prepare():
         DataConfig(fields={"questoin": "q"})
 
 
+@pytest.mark.slow
 def test_hub_id_errors_clearly_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataNotFound) as e:

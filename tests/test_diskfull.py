@@ -11,7 +11,7 @@ import shlex
 import subprocess
 
 import pytest
-from conftest import read_csv, run_sweep, tmpfs
+from helpers import read_csv, run_sweep, tmpfs
 
 from harness.diskfull import DiskFull, disk_full, lora_params, mb, resume_command, sweep_bytes
 from trainables.models import resolve_model

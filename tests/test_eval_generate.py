@@ -13,20 +13,6 @@ from trainables.evaluate.generate import decoding_kwargs, generate_rows
 from trainables.evaluate.prompts import load_prompts
 
 
-@pytest.fixture(scope="module")
-def model_tok():
-    import torch
-
-    from trainables.models import load_model
-
-    # One thread: on a small shared CPU, two OpenMP threads contend and run ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model, tok, _ = load_model("smollm2-135m-instruct")
-    yield model.eval(), tok
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("path, n, has_ref", [
     ("eval/evol_instruct_gt.json", 150, True),
     ("eval/test_set_evol_instruct_150.json", 150, False),
@@ -55,6 +41,7 @@ def test_decoding_kwargs_greedy_vs_sampling():
                   "temperature": 0.7, "top_k": 5, "top_p": 0.9}
 
 
+@pytest.mark.slow
 def test_left_padded_batch_equals_one_at_a_time(model_tok):
     model, tok = model_tok
     rows = load_prompts("eval/vicuna_question.jsonl", limit=3)  # different prompt lengths -> padding
@@ -64,6 +51,7 @@ def test_left_padded_batch_equals_one_at_a_time(model_tok):
     assert all(r["output"] and 0 < r["new_tokens"] <= 8 for r in batched)
 
 
+@pytest.mark.slow
 def test_seeded_sampling_repeats_and_files_are_written(model_tok, tmp_path):
     model, tok = model_tok
     gen = {"data": "eval/evol_instruct_gt.json", "limit": 2, "max_new_tokens": 6, "temperature": 1.0,
@@ -95,6 +83,7 @@ def test_in_context_examples_reach_the_prompt(model_tok):
     assert msgs[-1] == row.messages[-1]
 
 
+@pytest.mark.slow
 def test_two_turn_questions_are_answered_turn_by_turn(model_tok, tmp_path):
     """MT-bench's question.jsonl: the second turn is answered with the model's own first answer in context."""
     model, tok = model_tok

@@ -13,20 +13,6 @@ from trainables.evaluate.mcq import build_prompt, candidates, choice_scores, eva
 from trainables.evaluate.mcq_data import load_items, sample_per_subject, subject_of
 
 
-@pytest.fixture(scope="module")
-def model_tok():
-    import torch
-
-    from trainables.models import load_model
-
-    # One thread: on a small shared CPU, two OpenMP threads contend and run ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model, tok, _ = load_model("smollm2-135m-instruct")
-    yield model.eval(), tok
-    torch.set_num_threads(threads)
-
-
 def spec(**kw) -> MCQSet:
     return MCQSet.model_validate(kw)
 
@@ -123,6 +109,7 @@ def independent(model, tok, prompt: str, conts: list[str]) -> list[float]:
     (dict(name="cfa", preset="ideafinbench", subjects=["economics"], n_per_subject=2), "text", "raw"),
     (dict(name="cmmlu", preset="cmmlu", subjects=["agronomy"], n_per_subject=2), "letter", "chat"),
 ])
+@pytest.mark.slow
 def test_scores_match_independent_computation(model_tok, kw, score, template):
     model, tok = model_tok
     s = spec(**kw, score=score, template=template)
@@ -190,6 +177,7 @@ def test_accuracy_on_a_hand_checkable_set(model_tok, tmp_path):
     assert [p["pred"] for p in saved["predictions"]] == preds and saved["skipped"] == {}
 
 
+@pytest.mark.slow
 def test_multi_answer_set_scores_exact_sets_and_option_f1(model_tok, tmp_path):
     import csv
 
@@ -298,8 +286,9 @@ def test_a_set_that_cannot_be_scored_fails_the_trial_with_its_reason(model_tok, 
         evaluate_set(model, tok, s, batch_size=4, max_len=1024)
 
 
+@pytest.mark.slow
 def test_eval_only_sweep_writes_counts_and_searched_shots_to_results(tmp_path):
-    from conftest import read_csv, run_sweep
+    from helpers import read_csv, run_sweep
 
     mcq = write_jsonl(tmp_path / "medqa_test.jsonl", medqa_rows(list("ABBB")))
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"q": f"Say {w}.", "a": w} for w in ("hello", "yes", "blue")])

@@ -36,6 +36,7 @@ def sweep(**eval_kw) -> SweepConfig:
     })
 
 
+@pytest.mark.slow
 def test_base_zero_shot_k_shot_and_adapter(adapter_dir, tmp_path):
     base = evaluate_config(sweep(heldout=True), tmp_path / "base")
     kshot = evaluate_config(sweep(icl_shots=2, heldout=True), tmp_path / "kshot")

@@ -15,20 +15,6 @@ from trainables.evaluate.perplexity import score_examples
 FILES = ["classical_zh/public_test.json", "eval/evol_instruct_gt.json"]
 
 
-@pytest.fixture(scope="module")
-def model_tok():
-    import torch
-
-    from trainables.models import load_model
-
-    # One thread: on a small shared CPU, two OpenMP threads contend and run ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model, tok, _ = load_model("smollm2-135m-instruct")
-    yield model.eval(), tok
-    torch.set_num_threads(threads)
-
-
 def direct(model, tok, messages) -> tuple[float, int]:
     """Summed NLL of the answer: whole conversation through the chat template, prompt part masked,
     one unpadded sequence, the model's own loss (a mean) times the number of answer tokens."""
@@ -45,6 +31,7 @@ def direct(model, tok, messages) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("path", FILES)
+@pytest.mark.slow
 def test_matches_direct_computation(model_tok, path):
     model, tok = model_tok
     rows = load_examples(path)[:3]

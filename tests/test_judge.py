@@ -13,10 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import Scripted
 
 import trainables.evaluate.judge_client as judge_client
 from trainables.evaluate import EvalContext, EvalInputError
@@ -33,72 +34,6 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
     monkeypatch.setattr(judge_client, "_FORMATS_SEEN", {})  # what an endpoint keeps to: found out per test
-
-
-def schema_reply(schema: dict) -> str:
-    """What a server that keeps to the schema answers: the scripted scores as the schema's JSON."""
-    keys = list(schema["properties"])
-    if keys == ["verdict"]:
-        return json.dumps({"verdict": "A"})
-    return json.dumps(dict(zip(keys, [9, 3][: len(keys)] if len(keys) == 2 else [7], strict=True)))
-
-
-class Scripted(BaseHTTPRequestHandler):
-    """Chat-completions endpoint whose behaviour the test sets on the server object."""
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        rf = body.get("response_format")
-        with srv.lock:
-            for name, default in (("accepts", {"json_schema", "json_object"}), ("keeps_to", set()), ("formats", []),
-                                  ("reply_for", {})):
-                if not hasattr(srv, name):  # servers set up elsewhere (test_reliability.py) with the old fields
-                    setattr(srv, name, default)
-            srv.calls += 1
-            n = srv.calls
-            srv.in_flight += 1
-            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
-            srv.auth.add(self.headers.get("Authorization", ""))
-            srv.prompts.append(body["messages"][-1]["content"])
-            srv.formats.append(rf["type"] if rf else "text")
-        try:
-            time.sleep(srv.delay)
-            mode = srv.mode if n > srv.fail_first else "ok"
-            if srv.fail_first and n <= srv.fail_first:
-                mode = "error500"
-            if mode == "garbage":
-                return self._send(200, b"<html>definitely not json", "text/html")
-            if mode == "error500":
-                return self._send(500, json.dumps({"error": {"message": "boom"}}).encode(), "application/json")
-            if rf and rf["type"] not in srv.accepts:  # as llama-cpp-python answers an unknown response_format
-                return self._send(422, json.dumps({"detail": [{"msg": f"bad response_format {rf['type']}"}]}).encode(),
-                                  "application/json")
-            text = srv.reply if mode == "ok" else "I would rather not say."
-            text = next((r for key, r in srv.reply_for.items() if key in body["messages"][-1]["content"]), text)
-            if rf and rf["type"] in srv.keeps_to:
-                text = schema_reply(rf["json_schema"]["schema"] if rf["type"] == "json_schema" else rf["schema"])
-            resp = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}}
-            self._send(200, json.dumps(resp).encode(), "application/json")
-        finally:
-            with srv.lock:
-                srv.in_flight -= 1
-
-    def _send(self, code, data, ctype):
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-            pass
 
 
 @pytest.fixture
@@ -336,6 +271,7 @@ def test_a_judge_that_scores_nothing_or_too_little_fails_the_trial(server, tmp_p
     assert m["judge_n_scored"] == 2 and m["judge_skipped_unparseable"] == 1
 
 
+@pytest.mark.slow
 def test_a_hanging_judge_costs_stall_seconds_not_every_retry(server, tmp_path):
     server.delay = 4.0
     t0 = time.perf_counter()
@@ -353,7 +289,7 @@ def test_a_sweep_whose_judge_is_down_says_so_once(tmp_path):
     """A real eval-only sweep (Ray Tune) against a port nobody listens on: the trial is an ERROR whose
     error names the judge and the fix, the console says it, and Ray's retry does not generate and judge
     again (eval_error.txt: the retry fails at its start)."""
-    from conftest import read_csv, run_sweep
+    from helpers import read_csv, run_sweep
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -241,8 +241,9 @@ def test_a_data_error_fails_before_any_work_and_a_judging_failure_is_not_redone(
     assert not (tmp_path / ev.FAILED).exists()
 
 
+@pytest.mark.slow
 def test_the_driver_refuses_missing_references_before_any_trial(files):
-    from conftest import run_sweep
+    from helpers import run_sweep
 
     proc = run_sweep("sweeps/decoding.yaml", f"eval.generate.data={files['questions']}",
                      f"eval.judge.references={files['refs']}", "--dry-run", timeout=300)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO
+from helpers import REPO
 
 from harness.lock import LOCK_NAME, _try_exclusive_file, busy_message, owner_alive, read_owner
 

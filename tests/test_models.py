@@ -9,6 +9,7 @@ import pytest
 from trainables.models import ModelNotFound, load_model, resolve_model
 
 
+@pytest.mark.slow
 def test_embedded_model_is_converted_once_into_the_cache(monkeypatch, tmp_path):
     # Load times are measured by bench/, not asserted here (the CPU is shared and noisy).
     path = resolve_model("smollm2-135m-instruct")  # converts on the first call of a fresh cache

@@ -17,8 +17,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import PLANTED_SECRETS, REPO, leaks, read_csv, run_sweep
-from test_judge import Scripted
+from helpers import PLANTED_SECRETS, REPO, Scripted, leaks, read_csv, run_sweep
 
 from harness.resume import saved_state, staging_copies, trials_of
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PLANTED_SECRETS, REPO, leaks, read_csv, sweep_env, wandb_runs
+from helpers import PLANTED_SECRETS, REPO, leaks, read_csv, sweep_env, wandb_runs
 
 from trainables.secrets import (
     REGISTERED,

@@ -69,6 +69,7 @@ def test_auto_finds_the_installed_model_and_records_it():
     assert resolve_embedding("sentence", path) == ("sentence", path)
 
 
+@pytest.mark.slow
 def test_embeddings_are_the_models_and_are_cached(pool, vectors, cache):
     from sentence_transformers import SentenceTransformer
 
@@ -117,6 +118,7 @@ def test_missing_model_auto_falls_back_sentence_fails(tmp_path):
         resolve_embedding("auto", str(tmp_path))
 
 
+@pytest.mark.slow
 def test_prepare_records_the_embedding_and_driver_preembeds(cache, tmp_path):
     import json
 

@@ -17,17 +17,6 @@ from trainables.data.selection import select
 MAX_LEN = 64
 
 
-@pytest.fixture(scope="module")
-def model_tok():
-    import torch
-
-    from trainables.models import load_model
-
-    torch.set_num_threads(1)
-    model, tok, _ = load_model("smollm2-135m-instruct")
-    return model, tok
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(difficulty, "cache_dir", lambda *parts: tmp_path)
@@ -53,6 +42,7 @@ def short_examples(n=5):
     return sorted(pool, key=lambda e: len(e.text))[:n]
 
 
+@pytest.mark.slow
 def test_loss_and_ifd_match_the_models_own_loss(model_tok, cache):
     model, tok = model_tok
     examples = short_examples()
@@ -95,6 +85,7 @@ def test_ifd_and_loss_strategies_rank_by_the_scores(model_tok, cache):
     assert [e.meta["ifd"] for e in by_ifd] == kept
 
 
+@pytest.mark.slow
 def test_prepare_scores_for_selection_and_curriculum(model_tok, cache, tmp_path):
     import json
 
@@ -134,6 +125,7 @@ def test_driver_prescores_every_searched_model_based_level(model_tok, cache):
         [line for f in cache.glob("*.jsonl") for line in f.read_text().splitlines()]) == 5  # cached: no rescoring
 
 
+@pytest.mark.slow
 def test_a_padded_batch_scores_each_sequence_as_alone(model_tok):
     # Right padding and logits only at response positions must not change any sequence's loss.
     model, tok = model_tok

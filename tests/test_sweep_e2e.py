@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import read_csv, run_sweep, sweep_env, wandb_runs
+from helpers import read_csv, run_sweep, sweep_env, wandb_runs
 
 pytestmark = pytest.mark.slow
 

@@ -25,6 +25,7 @@ def test_report_points_are_even_and_end_at_the_last_step():
     assert micro_batches([[3, 1, 2], [0, 1, 2]], 2) == [[3, 1], [2], [0, 1], [2]]  # curriculum order kept
 
 
+@pytest.mark.slow
 def test_summed_loss_matches_transformers_own_masked_loss(tokenizer, examples):
     model, _, _ = load_model("smollm2-135m-instruct")
     enc = [encode(tokenizer, e.messages, 128) for e in examples[:3]]
@@ -46,6 +47,7 @@ def test_summed_loss_matches_transformers_own_masked_loss(tokenizer, examples):
             pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_nf4_qlora_trains_on_cpu(tokenizer, examples):
     import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import run_sweep
+from helpers import run_sweep
 
 from harness.config import load_sweep
 from harness.results import write_csv
@@ -279,7 +279,7 @@ def test_output_dir_that_is_a_file_is_refused_by_dry_run_too(tmp_path, capsys):
 
 
 def test_a_read_only_output_dir_is_refused_by_dry_run_too(tmp_path, capsys):
-    from conftest import read_only_dir
+    from helpers import read_only_dir
 
     with read_only_dir(tmp_path / "ro") as ro:
         for flags in ([], ["--dry-run"]):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 
-from conftest import wandb_runs
+from helpers import wandb_runs
 
 from harness.wandb_logger import WandbLogger
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import read_csv, run_sweep
+from helpers import read_csv, run_sweep
 
 pytestmark = pytest.mark.slow
 
