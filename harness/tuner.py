@@ -82,8 +82,8 @@ def make_trainable(cfg: SweepConfig, base: dict[str, Any], tokens: dict[str, Any
     from ray import tune
 
     from trainables.eval_trial import eval_trial
-    from trainables.trial import train_trial
     from trainables.secrets import redact
+    from trainables.trial import train_trial
 
     if cfg.eval.only:  # baselines, decoding sweeps: nothing to train on
         trial_fn = tune.with_parameters(eval_trial, base=base, storage=cfg.storage)
