@@ -11,6 +11,7 @@ When the sweep is stored at a URI it writes the local copy and uploads what chan
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -176,11 +177,17 @@ class ResultsWriter(tune.Callback):
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def rows(self, trials: list[Any]) -> list[dict[str, Any]]:
-        from harness.config import SweepConfig
-        from harness.space import tied_values
+    @functools.cached_property
+    def space(self) -> dict[str, Any]:
+        """The sweep's search space, validated once (it was validated whole before launch), not on every write."""
+        from trainables.schema import SearchConfig
 
-        space = SweepConfig.model_validate(self.base).search.space
+        return SearchConfig.model_validate(self.base.get("search") or {}).space
+
+    def rows(self, trials: list[Any]) -> list[dict[str, Any]]:
+        from trainables.schema import tied_values
+
+        space = self.space
         trial_dir = self.run_dir / "trials"
         return [trial_row(t, self.searched, self.extra_metrics, self.reports_per_trial, tied_values(t.config, space),
                           ended=trial_ended(trial_dir / t.trial_id), error_copy=trial_dir / t.trial_id / "error.txt")
@@ -209,13 +216,11 @@ class ResultsWriter(tune.Callback):
             raise DiskFull(str(self.run_dir), errored)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from harness.config import SweepConfig
-        from harness.space import resolve
+        from trainables.schema import resolve
 
         if trial_ended(self._trial_dir(trial)) == "error":  # --retry-errored runs it again
             (self._trial_dir(trial) / ENDED).unlink(missing_ok=True)
-        space = SweepConfig.model_validate(self.base).search.space
-        full = resolve(self.base, trial.config, space)
+        full = resolve(self.base, trial.config, self.space)
         atomic_write_text(self._trial_dir(trial) / "config.json", json.dumps(full, indent=2, default=str))
         self.write(trials)
 

@@ -61,3 +61,18 @@ def test_a_trial_is_recorded_as_ended_the_moment_it_ends(tmp_path):
         "ERROR", "OSError", "OSError: boom (at qlora.py:9 in train_loop)")
     assert row("RUNNING", None)["status"] == "RUNNING"
     assert row("TERMINATED", None, {"step": 2, "total_steps": 4})["status"] == "INTERRUPTED"  # Ctrl-C
+
+
+def test_the_writer_validates_the_search_space_once_not_on_every_write(tmp_path, monkeypatch):
+    from harness.config import load_sweep
+    from harness.results import ResultsWriter
+    from trainables.schema import SearchConfig
+
+    cfg, _ = load_sweep("sweeps/lora_rank.yaml")
+    writer = ResultsWriter(tmp_path, ["lora.r"], [], cfg.reports_per_trial, cfg.model_dump())
+    calls = []
+    real = SearchConfig.model_validate
+    monkeypatch.setattr(SearchConfig, "model_validate", lambda v: calls.append(1) or real(v))
+    for _ in range(3):
+        assert writer.rows([]) == []
+    assert len(calls) == 1 and writer.space["lora.alpha"].tie == "lora.r"
