@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from harness.config import ConfigError, SweepConfig, load_sweep
+from harness.console import plain_when_piped, quiet_driver, summarize, worker_setup_hook
 from harness.space import grid_points, param_space
 from harness.storage import Storage
 
@@ -57,10 +58,16 @@ def fail(problems: list[str]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a LoRA/QLoRA sweep described by a YAML file: validate it, print the plan, run the trials\n"
+                    "with Ray Tune, write runs/<name>/results.csv and the report (runs/<name>/report/report.md).",
+        epilog="On a terminal one table is updated in place; piped or in CI one line per trial event.\n"
+               "Exit codes: 0 done; 1 every trial failed or Ray Tune stopped; 2 bad input; 3 disk full;\n"
+               "130 interrupted. After 3, 130 or a stopped Ray Tune, --resume continues the sweep.")
     ap.add_argument("sweep_file", help="YAML sweep file, e.g. sweeps/lora_rank.yaml")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3 lora.r=16")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan (trials, tokens, disk) and start nothing")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output dir")
     ap.add_argument("--retry-errored", action="store_true",
                     help="with --resume: run failed trials again from their last checkpoint")
@@ -434,7 +441,8 @@ def print_disk(cfg: SweepConfig, need: int | None) -> None:
     if need is None or "://" in cfg.output.dir:
         return
     free, _, measured = free_bytes(cfg.run_dir)
-    print(f"  disk: up to about {mb(need)} of checkpoints and adapters in {cfg.run_dir}; {mb(free)} free there")
+    print(f"  disk: up to about {mb(need)} of checkpoints and adapters in {cfg.run_dir} (an ended trial keeps its "
+          f"adapter, not its optimizer state); {mb(free)} free there")
     if free < need:
         print(f"warning: output.dir: the sweep needs about {mb(need)} but {measured} has {mb(free)} free; it will "
               f"stop (exit {EXIT_DISK_FULL}, resumable) when the disk fills", file=sys.stderr)
@@ -566,8 +574,11 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
+    from harness.checkpoints import CheckpointSlimmer
     from harness.config import SearchConfig
+    from harness.display import Silent, SweepDisplay
     from harness.results import ResultsWriter
+    from harness.wandb_logger import TRIAL_OUTPUT
     from trainables.evaluate.eval_only import eval_trial
     from trainables.qlora import train_trial
     from trainables.secrets import redact, redact_obj
@@ -611,13 +622,12 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     # Keep-best-k checkpoints by a metric every report carries (an end-of-trial metric would rank none).
     score, order = (s.metric, s.mode) if s.metric in cfg.report_metrics() else ("eval_loss", "min")
     searched = list(s.space) + (["train.seed"] if len(s.seeds) > 1 else [])
-    reporter = tune.CLIReporter(
-        parameter_columns=[p for p in searched if p not in s.space or s.space[p].kind != "tie"],
-        metric_columns={"training_iteration": "report", s.metric: s.metric, "best_eval_loss": "best",
-                        "tokens_per_second": "tok/s", "node": "node"},
-        max_report_frequency=15, sort_by_metric=True,
-    )
-    callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base, store)]
+    reporter = Silent()  # harness/display.py: SweepDisplay shows the sweep instead of Tune's status block
+    shown = [p for p in searched if p not in s.space or s.space[p].kind != "tie"]
+    callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base, store),
+                            CheckpointSlimmer(run_dir),  # after ResultsWriter: it reads the .ended marker
+                            SweepDisplay(metric=s.metric, mode=s.mode, searched=shown, total_trials=count_trials(s),
+                                         reports_per_trial=cfg.reports_per_trial)]
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         from harness.wandb_logger import WandbLogger
 
@@ -636,6 +646,7 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=cfg.storage, callbacks=callbacks, verbose=1, progress_reporter=reporter,
+            log_to_file=TRIAL_OUTPUT,  # each trial's own output, for its W&B run (harness/wandb_logger.py)
             failure_config=tune.FailureConfig(max_failures=cfg.recovery.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.recovery.keep_checkpoints,
                                                     checkpoint_score_attribute=score, checkpoint_score_order=order),
@@ -653,17 +664,9 @@ def connect(cfg: SweepConfig) -> None:
     address = cfg.ray_address
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "configure_logging": True}
 
-    def quiet_train_cleaner() -> None:
-        """Ray Train's placement-group cleaner asks the state API every second whether its run is alive;
-        without the dashboard (ray[default]) each failed query is a warning on this console. Nested, so
-        that Ray ships it by value: it runs before a worker can import this project."""
-        import logging
-
-        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
-            logging.ERROR)
-
-    if any(w > 1 for w in _levels(cfg, "resources.workers_per_trial")) and not address.startswith("ray://"):
-        kwargs["runtime_env"] = {"worker_process_setup_hook": quiet_train_cleaner}
+    if not address.startswith("ray://"):  # library noise off in every worker (harness/display.py)
+        kwargs["runtime_env"] = {"worker_process_setup_hook": worker_setup_hook("nf4" in _levels(
+            cfg, "model.quantization"))}
     # results.csv replaces Tune's result.json / progress.csv, whose absence it would warn about per trial
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if address == "local":
@@ -703,6 +706,7 @@ def _no_keys_in_runtime_envs() -> None:
 
 def _quiet_env(cfg: SweepConfig) -> None:
     """Environment set before Ray starts, so that every worker inherits it."""
+    quiet_driver()  # harness/display.py: progress bars of the trials, Ray's token-auth notice
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table honours our choice of columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our ResultsWriter replaces them
@@ -723,24 +727,9 @@ def _quiet_env(cfg: SweepConfig) -> None:
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
 
-def summarize(cfg: SweepConfig, rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    metric = cfg.search.metric
-    cols = ["trial_id", "status"] + [f"config/{p}" for p in cfg.search.space] + [
-        metric, "best_eval_loss", "train_seconds", "tokens_seen", "tokens_per_second"]
-    table = Table(title=f"{cfg.name}: {len(rows)} trials ({metric}, {cfg.search.mode})")
-    for c in dict.fromkeys(cols):
-        table.add_column(c.removeprefix("config/"))
-    for r in rows:
-        table.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                        for c in dict.fromkeys(cols)])
-    Console().print(table)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    plain_when_piped()  # harness/console.py
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"ray.address={args.address}")
@@ -762,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = Tokens(tokenizer)
     if args.dry_run:
         print_plan(cfg, plan(cfg, tokens))
+        print("dry run: nothing was started; run the same command without --dry-run to start the sweep")
         return 0
     store = open_storage(cfg)
     try:

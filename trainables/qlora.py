@@ -278,8 +278,9 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state.get("optimizer") is not None:  # dropped once the trial ended (harness/checkpoints.py)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, tokens_seen, train_seconds, best = state["step"], state["tokens_seen"], state["train_seconds"], state["best"]
@@ -291,6 +292,9 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
         if step >= total_steps or trial_ended(trial_dir) == "complete":
             session.report({**state["metrics"], **resumed})
             return
+        if state.get("optimizer") is None:  # never trains on with a fresh optimizer as if it had its own
+            raise RuntimeError(f"{trial_dir.name}: its checkpoint has no optimizer state (the trial had ended); "
+                               "start the trial again instead of resuming it")
 
     static = {
         **prep.stats, "trainable_params": trainable_params, "seed": tc.seed, "total_steps": total_steps,
