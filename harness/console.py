@@ -32,6 +32,7 @@ def quiet_driver() -> None:
     for name in _PROGRESS_BAR_ENV:
         os.environ.setdefault(name, "1")
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # "A new study created in RDB": the plan said it
 
 
 def plain_when_piped() -> None:

@@ -105,3 +105,17 @@ def test_summary_is_not_cut_when_piped():
 
 def test_plain_keeps_one_line():
     assert plain("a\nb\x1b[31mc\r") == "a | b [31mc "
+
+
+def test_live_mode_draws_the_table_and_stops_cleanly(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal's width (a StringIO has none)
+    out = io.StringIO()
+    display = SweepDisplay(metric="eval_loss", mode="min", searched=["lora.r"], reports_per_trial=4,
+                           total_trials=5, live=True, out=out)
+    trials = _feed(display)
+    display.on_step_end(5, trials)
+    display.on_experiment_end(trials)
+    text = out.getvalue()
+    assert "EARLY_STOPPED" in text and "3 of 5 trials done" in text
+    assert "] trial " not in text  # no event lines on a terminal: the table says it
+    assert display._live is None
