@@ -119,13 +119,23 @@ class SweepDisplay(Callback):
         self._event(t, f"failed at report {t.report}/{self.reports_per_trial}: {t.error}", progress=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        for trial in trials:  # a resumed sweep's finished trials, trials Tune created but has not started
-            if trial.trial_id not in self.trials:
-                self._state(trial).status = str(trial.status)
+        self._sync(iteration, trials)
         if self.live_mode and time.time() - self._last_refresh >= 1.0:
             self._refresh()
 
+    def _sync(self, iteration: int, trials: list) -> None:
+        """Trials Tune created but has not started, a resumed sweep's ended ones (as they stand), and a
+        trial Tune failed without telling the callbacks (it could not start it in a reused worker)."""
+        for trial in trials:
+            known = trial.trial_id in self.trials
+            t = self._state(trial)
+            if not known:
+                t.status = str(trial.status)
+            elif str(trial.status) == "ERROR" and t.status in ("PENDING", "RUNNING"):
+                self.on_trial_error(iteration, trials, trial)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._sync(-1, trials)
         if self._live is not None:
             self._refresh()
             self._live.stop()

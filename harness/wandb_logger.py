@@ -176,5 +176,7 @@ def _save_output(run: Any, source: Path) -> None:
     from trainables.secrets import redact
 
     target = Path(run.dir) / TRIAL_OUTPUT
-    target.write_text(redact(source.read_text(encoding="utf-8", errors="replace")), encoding="utf-8")
+    lines = source.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    # Ray's own markers (":actor_name:train_trial") say which actor wrote; not the trial's output.
+    target.write_text(redact("".join(ln for ln in lines if not ln.startswith(":actor_name:"))), encoding="utf-8")
     run.save(str(target), base_path=str(target.parent), policy="now")

@@ -119,3 +119,17 @@ def test_live_mode_draws_the_table_and_stops_cleanly(monkeypatch):
     assert "EARLY_STOPPED" in text and "3 of 5 trials done" in text
     assert "] trial " not in text  # no event lines on a terminal: the table says it
     assert display._live is None
+
+
+def test_a_trial_tune_fails_without_a_callback_is_reported():
+    """Tune marks a trial ERROR without on_trial_error when it cannot start it in a reused worker."""
+    out = io.StringIO()
+    display = SweepDisplay(metric="eval_loss", mode="min", searched=["lora.r"], reports_per_trial=4,
+                           total_trials=1, live=False, out=out)
+    t = Trial("02634903", 16)
+    t.status = "PENDING"
+    display.on_step_end(1, [t])
+    t.status = "ERROR"
+    display.on_experiment_end([t])
+    assert "trial 02634903 failed at report 0/4" in out.getvalue()
+    assert "sweep: 1 of 1 trials done (0 stopped early, 1 failed)" in out.getvalue()
