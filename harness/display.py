@@ -78,7 +78,8 @@ class SweepDisplay(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.out, self.t0 = sys.stdout, None  # a resumed sweep's clock starts again
+        self.out, self.t0 = sys.stdout, None  # a resumed sweep's clock starts again, on its own console
+        self.live_mode = interactive(self.out)
 
     # ------------------------------------------------------------------ Tune's events
 
