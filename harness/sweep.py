@@ -664,7 +664,7 @@ def connect(cfg: SweepConfig) -> None:
     address = cfg.ray_address
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "configure_logging": True}
 
-    if not address.startswith("ray://"):  # library noise off in every worker (harness/display.py)
+    if not address.startswith("ray://"):  # library noise off in every worker (harness/console.py)
         kwargs["runtime_env"] = {"worker_process_setup_hook": worker_setup_hook("nf4" in _levels(
             cfg, "model.quantization"))}
     # results.csv replaces Tune's result.json / progress.csv, whose absence it would warn about per trial
@@ -706,7 +706,7 @@ def _no_keys_in_runtime_envs() -> None:
 
 def _quiet_env(cfg: SweepConfig) -> None:
     """Environment set before Ray starts, so that every worker inherits it."""
-    quiet_driver()  # harness/display.py: progress bars of the trials, Ray's token-auth notice
+    quiet_driver()  # harness/console.py: progress bars of the trials, Ray's token-auth notice
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table honours our choice of columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our ResultsWriter replaces them
