@@ -32,7 +32,12 @@ def quiet_driver() -> None:
     for name in _PROGRESS_BAR_ENV:
         os.environ.setdefault(name, "1")
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    logging.getLogger("optuna").setLevel(logging.WARNING)  # "A new study created in RDB": the plan said it
+    try:  # "A new study created in RDB": the plan said it. Optuna sets its own level when first imported.
+        import optuna
+
+        optuna.logging.set_verbosity(logging.WARNING)
+    except ImportError:
+        pass
 
 
 def plain_when_piped() -> None:
