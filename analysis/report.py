@@ -26,7 +26,7 @@ from analysis import curves, render
 from analysis.ablation import WITHIN_NOISE, Ablation, ablation
 from analysis.checks import TOP_LETTER_MAX
 from analysis.curves import Savings
-from analysis.load import SEED_PATH, Sweep, load_sweep
+from analysis.load import SEED_PATH, Sweep, finite, load_sweep
 from analysis.narrative import Findings, analysis_sentences, conclusion_sentences, findings
 from analysis.sensitivity import Sensitivity, sensitivity
 from analysis.stats import compare, is_tie
@@ -126,6 +126,8 @@ def design(doc: Doc, a: Analysed) -> None:
     searched = set(s.space) | {col.removeprefix("config/") for col in s.param_columns}
 
     def val(path: str) -> str:
+        if s.is_tied(path):  # follows another parameter: not a factor of its own
+            return tied_wording(s.space[path])
         return "searched" if path in searched else render.fmt(_get(c, path))
 
     sel_n = f"token budget {val('selection.token_budget')}" if _get(c, "selection.token_budget", None) else \
@@ -141,7 +143,7 @@ def design(doc: Doc, a: Analysed) -> None:
         f"- **Model:** {val('model.name')} (quantization: {val('model.quantization')})",
         f"- **Data:** {val('data.train')} (format {val('data.format')}); held-out eval: "
         + (f"{val('data.eval')}" if _get(c, "data.eval", None) else f"{val('data.eval_size')} rows of the pool")
-        + f", split seed {val('data.split_seed')}",
+        + f", split seed {val('data.split_seed')}" + bad_rows_note(s),
         f"- **Selection:** {val('selection.strategy')}, {sel_n}, offset {val('selection.offset')}; "
         f"curriculum: {val('curriculum.order')}",
         f"- **Training:** {val('train.epochs')} epoch(s), lr {val('train.lr')}, batch {val('train.batch_size')} × "
@@ -167,6 +169,23 @@ def design(doc: Doc, a: Analysed) -> None:
         rows = [{"parameter": k, "value": render.fmt(v)} for k, v in const.items() if k not in tied]
         rows += [{"parameter": k, "value": v} for k, v in tied.items()]
         doc.table(a, pd.DataFrame(rows), "held_constant", f"{s.name}: factors held constant or tied (listed once)")
+
+
+def bad_rows_note(s: Sweep) -> str:
+    """"; 4 of 9,000 rows malformed (skipped)" from results.csv's bad_rows / pool_rows (one pool per sweep:
+    every trial counts the same rows, so the largest count is the pool's)."""
+    r = s.results
+    if "bad_rows" not in r or not r["bad_rows"].notna().any():
+        return ""
+    bad = int(r["bad_rows"].max())
+    of = f" of {int(r['pool_rows'].max()):,}" if "pool_rows" in r and r["pool_rows"].notna().any() else ""
+    return f"; {bad:,}{of} rows malformed (skipped, `bad_rows`)"
+
+
+def tied_wording(p: Any) -> str:
+    """"tied to r (= 2 × r)": a tied parameter in the design lines, named by the short name of the one it follows."""
+    short = str(p.tie).rsplit(".", 1)[-1]
+    return f"tied to {short} (= {p.times:g} × {short}" + (f" + {p.plus:g})" if p.plus else ")")
 
 
 def evaluation_design(s: Sweep, val: Any) -> list[str]:
@@ -212,11 +231,26 @@ def trials_table(s: Sweep) -> pd.DataFrame:
     if "error" in s.results and (s.results["status"] == "ERROR").any():
         df["error"] = s.results["error"].fillna("").astype(str).str.slice(0, 80)
     df.columns = [c.removeprefix("config/") for c in df.columns]
+    if s.histories and not s.eval_only:
+        df.insert(2, "reports", [_reports_cell(s, r) for _, r in s.results.iterrows()])
     # Best first; failed and unfinished trials stay in the table, at the end.
     if s.metric in df:
         rank = df["status"].map({"TERMINATED": 0, "EARLY_STOPPED": 1, "RUNNING": 2}).fillna(3)
         df = df.assign(_r=rank).sort_values(["_r", s.metric], ascending=[True, s.mode == "min"]).drop(columns="_r")
+    if "train_loss" in df and s.metric != "train_loss" and "reports" in df:
+        # A stopped trial's train_loss is of an earlier window of training than a finished one's: say which.
+        stopped = df["status"] == "EARLY_STOPPED"
+        df["train_loss"] = df["train_loss"].astype(object)
+        df.loc[stopped, "train_loss"] = [f"{render.fmt(v)} (at report {k})" if finite(v) else "" for v, k in
+                                         zip(df.loc[stopped, "train_loss"], df.loc[stopped, "reports"], strict=True)]
     return df
+
+
+def _reports_cell(s: Sweep, row: pd.Series) -> str:
+    """"2/4": reports the trial made of those its config plans (epochs × evals_per_epoch)."""
+    h = s.histories.get(str(row["trial_id"]))
+    k = int(h["training_iteration"].max()) if h is not None and len(h) else 0
+    return f"{k}/{curves.planned_reports(s, row, max(k, 1))}"
 
 
 def results(doc: Doc, a: Analysed) -> None:
@@ -534,9 +568,10 @@ def _analysis_and_conclusion(doc: Doc, items: list[Analysed], comp_sentences: li
 def wandb_status(a: Analysed, report: Path) -> str:
     if not (a.sweep.config.get("wandb") or {}).get("enabled"):
         return ""
-    from analysis.wandb_log import log_report
+    from analysis.wandb_log import log_report, report_run_id
 
-    return log_report(a.sweep.config, a.sweep.path, a.sweep.name, a.tables, a.figures, report)
+    run_id = report_run_id(a.sweep.name, a.sweep.results["trial_id"].astype(str).tolist())
+    return log_report(a.sweep.config, a.sweep.path, a.sweep.name, a.tables, a.figures, report, run_id=run_id)
 
 
 def parse_baseline(items: list[str]) -> dict[str, Any]:

@@ -91,12 +91,15 @@ def lora_params(model_path: str, target_modules: list[str] | str, r: int) -> int
 
 
 def sweep_bytes(params: int, trials: int, keep: int, concurrent: int, save_adapter: bool) -> int:
-    """Disk a sweep fills: per trial its kept checkpoints (keep best + the latest) and the saved adapter,
-    plus, per running trial, the checkpoint being written before the oldest is deleted; ~1 MB a trial of
+    """Disk a sweep fills at its peak: per running trial its kept checkpoints (keep best + the latest) and
+    the one being written before the oldest is deleted, whole; per ended trial the same checkpoints without
+    the optimizer state (harness/checkpoints.py: the adapter alone); each trial's saved adapter and ~1 MB of
     histories, configs and W&B files."""
-    checkpoint = params * 4 * ADAM_COPIES
+    checkpoint, slim = params * 4 * ADAM_COPIES, params * 4
     adapter = params * 4 if save_adapter else 0
-    return trials * ((keep + 1) * checkpoint + adapter + 2**20) + min(concurrent, trials) * checkpoint
+    running = min(concurrent, trials)
+    return running * ((keep + 2) * checkpoint + adapter + 2**20) + (trials - running) * (
+        (keep + 1) * slim + adapter + 2**20)
 
 
 def free_bytes(path: Path) -> tuple[int, int, Path]:

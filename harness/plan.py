@@ -258,7 +258,8 @@ def print_disk(cfg: SweepConfig, need: int | None) -> None:
     if need is None or "://" in cfg.output.dir:
         return
     free, _, measured = free_bytes(cfg.run_dir)
-    print(f"  disk: up to about {mb(need)} of checkpoints and adapters in {cfg.run_dir}; {mb(free)} free there")
+    print(f"  disk: up to about {mb(need)} of checkpoints and adapters in {cfg.run_dir} (an ended trial keeps its "
+          f"adapter, not its optimizer state); {mb(free)} free there")
     if free < need:
         print(f"warning: output.dir: the sweep needs about {mb(need)} but {measured} has {mb(free)} free; it will "
               f"stop (exit {EXIT_DISK_FULL}, resumable) when the disk fills", file=sys.stderr)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from harness.config import SweepConfig
+from harness.console import summarize
 from harness.storage import Storage
 
 
@@ -36,23 +36,6 @@ def finish(cfg: SweepConfig, store: Storage, wall: float, resume_command: str, r
         print(f"error: every trial failed; see the error column of {run_dir / 'results.csv'}", file=sys.stderr)
         return 1
     return 0
-
-
-def summarize(cfg: SweepConfig, rows: list[dict[str, Any]]) -> None:
-    """The summary table of trials on the console."""
-    from rich.console import Console
-    from rich.table import Table
-
-    metric = cfg.search.metric
-    cols = ["trial_id", "status"] + [f"config/{p}" for p in cfg.search.space] + [
-        metric, "best_eval_loss", "train_seconds", "tokens_seen", "tokens_per_second"]
-    table = Table(title=f"{cfg.name}: {len(rows)} trials ({metric}, {cfg.search.mode})")
-    for c in dict.fromkeys(cols):
-        table.add_column(c.removeprefix("config/"))
-    for r in rows:
-        table.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                        for c in dict.fromkeys(cols)])
-    Console().print(table)
 
 
 def write_report(run_dir: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError, SweepConfig
+from harness.console import plain_when_piped
 from harness.plan import count_trials, needs_model, plan, preembed, prescore, print_plan, score_once
 from harness.preflight import embedding_problems, load_config, preflight
 from harness.rundir import META_KEYS, claim_run_dir, hold_run_dir, open_run_dir, resume_hint, run_metadata
@@ -33,10 +34,16 @@ EXIT_CONFIG = 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a LoRA/QLoRA sweep described by a YAML file: validate it, print the plan, run the trials\n"
+                    "with Ray Tune, write runs/<name>/results.csv and the report (runs/<name>/report/report.md).",
+        epilog="On a terminal one table is updated in place; piped or in CI one line per trial event.\n"
+               "Exit codes: 0 done; 1 every trial failed or Ray Tune stopped; 2 bad input; 3 disk full;\n"
+               "130 interrupted. After 3, 130 or a stopped Ray Tune, --resume continues the sweep.")
     ap.add_argument("sweep_file", help="YAML sweep file, e.g. sweeps/lora_rank.yaml")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3 lora.r=16")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan (trials, tokens, disk) and start nothing")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output dir")
     ap.add_argument("--retry-errored", action="store_true",
                     help="with --resume: run failed trials again from their last checkpoint")
@@ -49,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The command line: a sweep's exit code; bad input raises SystemExit(2) after one line per problem."""
     args = parse_args(argv)
+    plain_when_piped()  # harness/console.py
     try:
         return run(args, argv if argv is not None else sys.argv[1:])
     except ConfigError as e:
@@ -70,6 +78,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     tokens = Tokens(preflight(cfg))  # 2. model, data, evaluation inputs, run directory exist and can be used
     if args.dry_run:
         print_plan(cfg, plan(cfg, tokens))
+        print("dry run: nothing was started; run the same command without --dry-run to start the sweep")
         return 0
     store, resume = claim_run_dir(cfg, args.resume, count_trials(cfg.search))
     model = score_once(cfg, tokens.tokenizer)  # scores and embeddings every trial would compute again

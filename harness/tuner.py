@@ -9,6 +9,8 @@ import os
 from typing import Any
 
 from harness.config import ConfigError, SearchConfig, SweepConfig
+from harness.console import quiet_driver, worker_setup_hook
+from harness.display import Silent
 from harness.levels import levels
 from harness.space import param_space
 from harness.storage import Storage
@@ -42,6 +44,7 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
     into Ray's object store once by tune.with_parameters and read by every training trial."""
     from ray import tune
 
+    from harness.wandb_logger import TRIAL_OUTPUT
     from trainables.secrets import redact_obj
 
     # Ray pickles what it is given (tuner.pkl, trial names and dirs, its logs) and W&B records it: both get
@@ -68,7 +71,8 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
         ),
         run_config=tune.RunConfig(
             name="tune", storage_path=cfg.storage, callbacks=make_callbacks(cfg, base, store), verbose=1,
-            progress_reporter=make_reporter(s),
+            progress_reporter=Silent(),  # harness/display.py: SweepDisplay shows the sweep instead
+            log_to_file=TRIAL_OUTPUT,  # each trial's own output, for its W&B run (harness/wandb_logger.py)
             failure_config=tune.FailureConfig(max_failures=cfg.recovery.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.recovery.keep_checkpoints,
                                                     checkpoint_score_attribute=score, checkpoint_score_order=order),
@@ -127,25 +131,20 @@ def make_scheduler(cfg: SweepConfig) -> Any:
     return FIFOScheduler()
 
 
-def make_reporter(s: SearchConfig) -> Any:
-    """The live table of trials on the console."""
-    from ray import tune
-
-    return tune.CLIReporter(
-        parameter_columns=[p for p in searched_columns(s) if p not in s.space or s.space[p].kind != "tie"],
-        metric_columns={"training_iteration": "report", s.metric: s.metric, "best_eval_loss": "best",
-                        "tokens_per_second": "tok/s", "node": "node"},
-        max_report_frequency=15, sort_by_metric=True,
-    )
-
-
 def make_callbacks(cfg: SweepConfig, base: dict[str, Any], store: Storage) -> list[Any]:
     """What the driver records as trials report: results.csv and trial files (ResultsWriter), W&B runs."""
+    from harness.checkpoints import CheckpointSlimmer
+    from harness.display import SweepDisplay
+    from harness.plan import count_trials
     from harness.results import ResultsWriter
 
     s = cfg.search
+    shown = [p for p in searched_columns(s) if p not in s.space or s.space[p].kind != "tie"]
     callbacks: list[Any] = [ResultsWriter(cfg.run_dir, searched_columns(s), cfg.eval.metrics(),
-                                          cfg.reports_per_trial, base, store)]
+                                          cfg.reports_per_trial, base, store),
+                            CheckpointSlimmer(cfg.run_dir),  # after ResultsWriter: it reads the .ended marker
+                            SweepDisplay(metric=s.metric, mode=s.mode, searched=shown, total_trials=count_trials(s),
+                                         reports_per_trial=cfg.reports_per_trial)]
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         from harness.wandb_logger import WandbLogger
 
@@ -165,17 +164,9 @@ def connect(cfg: SweepConfig) -> None:
     address = cfg.ray_address
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "configure_logging": True}
 
-    def quiet_train_cleaner() -> None:
-        """Ray Train's placement-group cleaner asks the state API every second whether its run is alive;
-        without the dashboard (ray[default]) each failed query is a warning on this console. Nested, so
-        that Ray ships it by value: it runs before a worker can import this project."""
-        import logging
-
-        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
-            logging.ERROR)
-
-    if any(w > 1 for w in levels(cfg, "resources.workers_per_trial")) and not address.startswith("ray://"):
-        kwargs["runtime_env"] = {"worker_process_setup_hook": quiet_train_cleaner}
+    if not address.startswith("ray://"):  # library noise off in every worker (harness/console.py)
+        kwargs["runtime_env"] = {"worker_process_setup_hook": worker_setup_hook("nf4" in levels(
+            cfg, "model.quantization"))}
     # results.csv replaces Tune's result.json / progress.csv, whose absence it would warn about per trial
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if address == "local":
@@ -215,6 +206,7 @@ def _no_keys_in_runtime_envs() -> None:
 
 def quiet_env(cfg: SweepConfig) -> None:
     """Environment set before Ray starts, so that every worker inherits it."""
+    quiet_driver()  # harness/console.py: progress bars of the trials, Ray's token-auth notice
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table honours our choice of columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our ResultsWriter replaces them

@@ -7,22 +7,26 @@ W&B (docs/performance.md).
 W&B can hold many runs in one process (`reinit="create_new"`), so here a single thread of the driver
 owns every trial's run: starting a run costs ~0.2 s of that thread and nothing in the trials.
 
-What is logged is what Ray's callback logged: per trial a run named after the trial, id = trial id
-(so a resumed trial continues its run), the sweep as its group, the trial's searched parameters as its
-config, and every report's numbers with the report number as the step. A W&B failure costs a warning,
+Per trial a run named after the trial, id = trial id (so a resumed trial continues its run), the sweep as
+its group, the trial's whole resolved configuration as its config (dotted keys: lora.r, lora.alpha,
+train.lr...), every report's numbers with the report number as the step, and, when it ends, the trial's
+own stdout and stderr as its output.log (not the driver's console). A W&B failure costs a warning,
 never the sweep.
 
 Secrets never reach it: the driver hands it the project, group and searched parameters with secret
 values masked (trainables/secrets.py), and W&B records neither the command line, the code, git state
-nor the console (`SETTINGS`): results.csv and sweep.yaml hold those, masked.
+nor the driver's console (`SETTINGS`): results.csv and sweep.yaml hold those, masked; a trial's
+output.log is masked as it is copied.
 """
 
 from __future__ import annotations
 
+import json
 import numbers
 import queue
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from ray.tune.logger import LoggerCallback
@@ -33,6 +37,25 @@ _NOT_LOGGED = ("config", "done", "should_checkpoint")
 _TO_CONFIG = ("trial_id", "node_ip", "hostname", "pid", "node_id")
 # No argv, program, git or system metadata (x_disable_meta), no code, no copy of the driver's console.
 SETTINGS = {"x_disable_meta": True, "disable_code": True, "save_code": False, "disable_git": True, "console": "off"}
+# The trial's own stdout and stderr, written by Ray Tune in the trial's working directory (RunConfig
+# log_to_file); saved into the trial's run as its output.log when the trial ends.
+TRIAL_OUTPUT = "output.log"
+
+
+def trial_config(run_dir: Path, trial: Any) -> dict[str, Any]:
+    """The trial's whole resolved configuration, dotted ("lora.alpha", "train.lr"), from the config.json the
+    driver's ResultsWriter wrote at the trial's start (secret values masked; that callback runs first);
+    the searched values alone when it is not there."""
+    searched = {k: v for k, v in trial.config.items() if isinstance(v, (numbers.Number, str, bool, type(None)))}
+    path = Path(run_dir) / "trials" / str(trial.trial_id) / "config.json"
+    try:
+        full = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return searched
+    import pandas as pd
+
+    flat = pd.json_normalize(full, sep=".").to_dict(orient="records")[0]
+    return {**{k: v for k, v in flat.items() if not (isinstance(v, float) and v != v)}, **searched}
 
 
 class WandbLogger(LoggerCallback):
@@ -66,7 +89,7 @@ class WandbLogger(LoggerCallback):
         if trial.trial_id in self._open:  # a retried trial goes on in the run it has
             return
         self._open.add(trial.trial_id)
-        config = {k: v for k, v in trial.config.items() if isinstance(v, (numbers.Number, str, bool, type(None)))}
+        config = trial_config(self.init_kwargs["dir"], trial)
         self._put("start", trial.trial_id, {"name": str(trial), "config": config})
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
@@ -81,6 +104,9 @@ class WandbLogger(LoggerCallback):
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         if trial.trial_id in self._open:
             self._open.discard(trial.trial_id)
+            output = _trial_output(trial)
+            if output is not None:
+                self._put("output", trial.trial_id, output)
             self._put("finish", trial.trial_id, 1 if failed else 0)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -120,6 +146,8 @@ class WandbLogger(LoggerCallback):
                     if config:
                         runs[trial_id].config.update(config, allow_val_change=True)
                     runs[trial_id].log(values, step=step)
+                elif kind == "output" and trial_id in runs:
+                    _save_output(runs[trial_id], payload)
                 elif kind == "finish" and trial_id in runs:
                     runs.pop(trial_id).finish(exit_code=payload)
             except Exception as e:  # noqa: BLE001 - W&B is a copy of results.csv; it must not stop the sweep
@@ -132,3 +160,23 @@ class WandbLogger(LoggerCallback):
                 wandb.teardown()  # closes the W&B service now, not in an exit hook after Ray is gone
             except Exception:  # noqa: BLE001 - every run is finished and written
                 pass
+
+
+def _trial_output(trial: Any) -> Path | None:
+    """The trial's own output file, where this process can read it (the trial ran on this node)."""
+    try:
+        path = Path(trial.storage.trial_working_directory) / TRIAL_OUTPUT
+    except Exception:  # noqa: BLE001 - a trial without Ray's storage context (tests, old pickles)
+        return None
+    return path if path.is_file() else None
+
+
+def _save_output(run: Any, source: Path) -> None:
+    """Copy the trial's output, secret values masked, into the run's files as output.log."""
+    from trainables.secrets import redact
+
+    target = Path(run.dir) / TRIAL_OUTPUT
+    lines = source.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    # Ray's own markers (":actor_name:train_trial") say which actor wrote; not the trial's output.
+    target.write_text(redact("".join(ln for ln in lines if not ln.startswith(":actor_name:"))), encoding="utf-8")
+    run.save(str(target), base_path=str(target.parent), policy="now")

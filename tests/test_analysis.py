@@ -149,8 +149,9 @@ def write_simulated_sweep(root: Path, kind: str = "grid", wandb: bool = False) -
             # Loss decays from 2.4 toward the final value; small train/eval gap.
             eval_loss = t["final"] + (2.4 - t["final"]) * math.exp(-it / 2.0) + 0.003 * rng.standard_normal()
             hist.append({"training_iteration": it, "step": it * 25, "epoch": it / evals_per_epoch,
-                         "tokens_seen": it * 12_800, "eval_loss": eval_loss, "train_loss": eval_loss - 0.05,
-                         "tokens_per_second": 12_800 / sec_per_report, "lr": 2e-4,
+                         # train_tokens (6,400 per epoch) x 2 epochs over 8 reports
+                         "tokens_seen": it * 1_600, "eval_loss": eval_loss, "train_loss": eval_loss - 0.05,
+                         "tokens_per_second": 1_600 / sec_per_report, "lr": 2e-4,
                          "time_total_s": 5.0 + it * sec_per_report})
         (tdir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
         status = "ERROR" if "error" in t else ("EARLY_STOPPED" if "stop" in t else "TERMINATED")
@@ -433,6 +434,19 @@ def test_wandb_offline_run(tmp_path: Path, monkeypatch):
     runs = list((run / "wandb").glob("offline-run-*"))
     assert runs and all(any(r.glob("*.wandb")) for r in runs)
     assert write_report([run], wandb=False).read_text().count("W&B:") == 0
+
+
+def test_rerunning_the_report_updates_one_wandb_run(tmp_path: Path, monkeypatch):
+    pytest.importorskip("wandb")
+    from analysis.report import write_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = write_simulated_sweep(tmp_path, "tiny", wandb=True)
+    write_report([run])
+    write_report([run])
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].name.endswith("-report-sim-tiny")
+    assert (runs[0] / "run-report-sim-tiny.wandb").exists()
 
 
 def test_missing_results_is_a_clear_error(tmp_path: Path):

@@ -57,6 +57,67 @@ def test_smoke_sweep_used_optuna_storage_and_offline_wandb(smoke_run):
         assert run["eval_loss"] == [json.loads(h)["eval_loss"] for h in history]
 
 
+def test_smoke_sweep_console_is_one_plain_line_per_event(smoke_run):
+    """Piped (as here): no Tune status block, no library noise, no control characters, nothing cut."""
+    import re
+
+    log = (smoke_run / "driver.log").read_text()
+    for noise in ("== Status ==", "Checkpoint successfully created", "Token authentication is enabled",
+                  "gemm_4bit_forward", "Current best trial"):
+        assert noise not in log, noise
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", log)
+    rows = read_csv(smoke_run / "results.csv")
+    for r in rows:
+        tid = r["trial_id"]
+        if r["status"] == "ERROR":
+            assert f"trial {tid} failed" in log
+            continue
+        assert f"trial {tid} started: lora.r={r['config/lora.r']}" in log
+        assert f"trial {tid} report 1/4: eval_loss " in log
+        ended = "stopped early at report" if r["status"] == "EARLY_STOPPED" else "finished at report 4/4"
+        assert f"trial {tid} {ended}" in log
+        assert re.search(rf"{tid}\s.*{r['status']}", log)  # the summary table: whole ids and statuses
+    assert "sweep: 3 of 3 trials done" in log and "…" not in log
+
+
+def test_smoke_sweep_keeps_adapters_not_optimizer_state(smoke_run):
+    """After the sweep every trial has ended: its checkpoints hold the adapter and no optimizer state, so the
+    sweep's checkpoints weigh about what its adapters do (not three times as much)."""
+    import torch
+
+    for r in read_csv(smoke_run / "results.csv"):
+        if r["status"] == "ERROR":  # kept whole for --retry-errored (tests/test_checkpoints.py)
+            continue
+        (tune_dir,) = (smoke_run / "tune").glob(f"*{r['trial_id']}*")
+        states = sorted(tune_dir.glob("checkpoint_*/state.pt"))
+        assert states
+        adapter_bytes = 4 * int(r["trainable_params"])  # fp32 LoRA weights
+        for f in states:
+            state = torch.load(f, weights_only=False)
+            assert state["optimizer"] is None and state["adapter"]
+            assert f.stat().st_size < 1.5 * adapter_bytes + 2**20, f  # a whole checkpoint is 3x the adapter
+        if r["status"] == "TERMINATED":
+            saved = sum(p.stat().st_size for p in (smoke_run / "trials" / r["trial_id"] / "adapter").iterdir())
+            assert sum(f.stat().st_size for f in states) < len(states) * (saved + 2**20)
+
+
+def test_smoke_sweep_wandb_runs_hold_config_and_own_output(smoke_run):
+    rows = read_csv(smoke_run / "results.csv")
+    runs = wandb_runs(smoke_run)
+    for r in rows:
+        if r["trial_id"] not in runs:  # a trial Tune failed before it started has no run
+            assert r["status"] == "ERROR"
+            continue
+        cfg = runs[r["trial_id"]]["config"]
+        assert cfg["lora.alpha"] == 2 * int(r["config/lora.r"]) and cfg["train.lr"] == 1.0e-3
+        (run_dir,) = (smoke_run / "wandb").glob(f"offline-run-*-{r['trial_id']}")
+        out = run_dir / "files" / "output.log"
+        if out.exists():  # what the trial printed, and nothing of the driver's console or another trial's
+            text = out.read_text()
+            assert "sweep: " not in text and not any(o["trial_id"] in text for o in rows if o is not r)
+    assert len(list((smoke_run / "wandb").glob("offline-run-*-report-smoke*"))) == 1
+
+
 def test_a_trial_tokenizes_only_the_examples_the_plans_table_lacks(tmp_path):
     # The driver tokenizes the base subset (8 random examples) and the held-out set once for the sweep.
     # A trial that selects 12 (the same seeded ranking, so 4 more) encodes just those 4; one that selects

@@ -6,6 +6,7 @@ its own promises: runs of concurrent trials kept apart, a retried trial in its o
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 from helpers import wandb_runs
 
@@ -74,3 +75,41 @@ def test_a_failing_wandb_costs_a_warning_not_the_sweep(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: W&B logging of trial dddd0004 stopped (")
     assert err[0].endswith("results.csv has everything")
+
+
+class _Storage:
+    def __init__(self, working_dir: Path):
+        self.trial_working_directory = str(working_dir)
+
+
+def test_a_trials_run_holds_its_resolved_config_and_its_own_output(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HF_TOKEN", "hf_planted0token0for0the0output0log")
+    logger = WandbLogger(project="p", entity=None, group="g", dir=str(tmp_path), mode="offline")
+    trials = [Trial("eeee0005", 4), Trial("ffff0006", 8)]
+    for t in trials:
+        (tmp_path / "trials" / t.trial_id).mkdir(parents=True)
+        resolved = {"lora": {"r": t.config["lora.r"], "alpha": t.config["lora.alpha"], "dropout": 0.05},
+                    "train": {"lr": 5e-4, "epochs": 1}, "data": {"eval": None}}
+        (tmp_path / "trials" / t.trial_id / "config.json").write_text(json.dumps(resolved))
+        work = tmp_path / "work" / t.trial_id
+        work.mkdir(parents=True)
+        (work / "output.log").write_text(f"trial {t.trial_id} says hello\ntoken hf_planted0token0for0the0output0log\n")
+        t.storage = _Storage(work)
+        logger.log_trial_start(t)
+        logger.log_trial_result(1, t, {"training_iteration": 1, "eval_loss": 1.5})
+    for t in trials:
+        logger.log_trial_end(t)
+    logger.on_experiment_end(trials)
+
+    logged = wandb_runs(tmp_path)
+    cfg = logged["eeee0005"]["config"]
+    assert cfg["lora.alpha"] == 8 and cfg["train.lr"] == 5e-4 and cfg["lora.dropout"] == 0.05 and cfg["lora.r"] == 4
+    for t in trials:
+        run_dir = next((tmp_path / "wandb").glob(f"offline-run-*-{t.trial_id}"))
+        out = (run_dir / "files" / "output.log").read_text()
+        assert f"trial {t.trial_id} says hello" in out  # its own output
+        assert not any(o.trial_id in out for o in trials if o is not t)  # and no other trial's
+        assert "hf_planted0token" not in out and "${HF_TOKEN}" in out

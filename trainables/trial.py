@@ -174,6 +174,9 @@ def train_loop(cfg: SweepConfig, *, storage: str, tokens: tuple[str, dict], sess
         if state.step >= data.total_steps or trial_ended(trial.dir) == "complete":
             session.report({**state.metrics, **resumed})
             return
+        if state.optimizer is None:  # never trains on with a fresh optimizer as if it had its own
+            raise RuntimeError(f"{trial.dir.name}: its checkpoint has no optimizer state (the trial had ended); "
+                               "start the trial again instead of resuming it")
     static = {
         **data.stats, "trainable_params": sum(p.numel() for p in adapter.params), "seed": cfg.train.seed,
         "total_steps": data.total_steps, "packing": float(m.packed), "setup_seconds": time.perf_counter() - t_start,
@@ -318,8 +321,9 @@ def restore(session: TrialSession, m: Model, adapter: Adapter) -> TrainState:
         return TrainState()
     state = TrainState.from_dict(saved)
     set_peft_model_state_dict(adapter.model, state.adapter)
-    adapter.optimizer.load_state_dict(state.optimizer)
-    adapter.scheduler.load_state_dict(state.scheduler)
+    if state.optimizer is not None:  # dropped once the trial ended (harness/checkpoints.py)
+        adapter.optimizer.load_state_dict(state.optimizer)
+        adapter.scheduler.load_state_dict(state.scheduler)
     if m.scaler and state.scaler:
         m.scaler.load_state_dict(state.scaler)
     torch.set_rng_state(state.rng)
