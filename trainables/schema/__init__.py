@@ -6,7 +6,7 @@
   dotted.py  set_dotted / get_dotted (`eval.mcq.medqa.shots`)
   space.py   resolve / tied_values / grid_points, and trial_config (resolve + validate once per trial)
 
-It imports nothing from harness/: the trial (trainables/trial.py) and the driver (harness/) both read it.
+It depends on nothing in harness/: the trial (trainables/trial.py) and the driver (harness/) both read it.
 The driver's YAML loading, overrides and checks that probe the machine stay in harness/config.py.
 """
 
