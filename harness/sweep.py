@@ -132,10 +132,13 @@ def preflight(cfg: SweepConfig) -> Any:
     if problems:
         fail(problems)
     try:
-        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     except OSError as e:
         fail([f"model.name: cannot load {cfg.model.name!r} ({str(e).splitlines()[0]}); "
               "check the id, the network, or use a local directory"])
+    from trainables.data.prompt_template import use_prompt_template
+
+    return use_prompt_template(tokenizer, cfg.data.prompt_template)
 
 
 def eval_input_problems(cfg: SweepConfig) -> list[str]:

@@ -177,6 +177,7 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     from harness.storage import Storage
     from trainables.data.curriculum import CURRICULA
     from trainables.data.pipeline import prepare, subset_stats
+    from trainables.data.prompt_template import use_prompt_template
     from trainables.models import bf16_supported, load_model
 
     cfg = trial_config(base, params)
@@ -204,6 +205,7 @@ def train_loop(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     model, tokenizer, load_times = load_model(
         cfg.model.name, cfg.model.quantization, cfg.model.trust_remote_code, device
     )
+    use_prompt_template(tokenizer, cfg.data.prompt_template)  # data.prompt_template replaces the chat template
     use_bf16 = tc.bf16 == "on" or (tc.bf16 == "auto" and bf16_supported(device))
     autocast = make_autocast(device, use_bf16)
     scaler = torch.amp.GradScaler("cuda") if device == "cuda" and not use_bf16 else None  # fp16 autocast
