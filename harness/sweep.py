@@ -804,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(run_dir / "sweep.yaml", yaml.safe_dump(redact_obj({**base, **meta}), sort_keys=False))
         store.push()
 
+    from harness.judge_server import start_judge
+
+    base = start_judge(cfg, base)  # eval.judge.serve: a llama.cpp judge for this sweep; trials get its URL
     _quiet_env(cfg)
     connect(cfg)
     t0 = time.perf_counter()
