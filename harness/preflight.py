@@ -94,10 +94,13 @@ def preflight(cfg: SweepConfig) -> Any:
     if problems:
         raise ConfigError(problems)
     try:
-        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     except OSError as e:
         raise ConfigError([f"model.name: cannot load {cfg.model.name!r} ({str(e).splitlines()[0]}); "
                            "check the id, the network, or use a local directory"]) from None
+    from trainables.data.prompt_template import use_prompt_template
+
+    return use_prompt_template(tokenizer, cfg.data.prompt_template)  # data.prompt_template replaces the chat template
 
 
 def eval_input_problems(cfg: SweepConfig) -> list[str]:

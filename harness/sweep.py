@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.config import ConfigError, SweepConfig
 from harness.console import plain_when_piped
+from harness.judge_server import start_judge
 from harness.plan import count_trials, needs_model, plan, preembed, prescore, print_plan, score_once
 from harness.preflight import embedding_problems, load_config, preflight
 from harness.rundir import META_KEYS, claim_run_dir, hold_run_dir, open_run_dir, resume_hint, run_metadata
@@ -87,11 +88,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     _disk["need"] = the_plan["disk_bytes"]
     print_plan(cfg, the_plan)
     resume = open_run_dir(cfg, store, resume, argv)  # sweep.yaml, or Ray's state repaired for --resume
+    base = start_judge(cfg, cfg.model_dump(mode="json"))  # eval.judge.serve: a llama.cpp judge for this sweep
     _quiet_env(cfg)  # 3. the trials, with Ray Tune
     connect(cfg)
     t0 = time.perf_counter()
-    code = fit(build_tuner(cfg, cfg.model_dump(mode="json"), resume, store, tokens.table, args.retry_errored),
-               cfg, store, argv)
+    code = fit(build_tuner(cfg, base, resume, store, tokens.table, args.retry_errored), cfg, store, argv)
     if code is not None:
         return code
     # 4. results.csv is written as trials report; best.yaml, the summary, the report

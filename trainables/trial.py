@@ -212,6 +212,7 @@ def open_trial(cfg: SweepConfig, storage: str, session: TrialSession) -> Opened:
 
 def set_up_model(cfg: SweepConfig) -> Model:
     """The base model on its device, its precision, and whether packed examples stay apart in it."""
+    from trainables.data.prompt_template import use_prompt_template
     from trainables.models import bf16_supported, load_model
 
     tc, res = cfg.train, cfg.resources
@@ -221,6 +222,7 @@ def set_up_model(cfg: SweepConfig) -> Model:
         torch.cuda.set_per_process_memory_fraction(res.gpus_per_trial)
     model, tokenizer, load_times = load_model(cfg.model.name, cfg.model.quantization, cfg.model.trust_remote_code,
                                               device)
+    use_prompt_template(tokenizer, cfg.data.prompt_template)  # data.prompt_template replaces the chat template
     use_bf16 = tc.bf16 == "on" or (tc.bf16 == "auto" and bf16_supported(device))
     autocast = make_autocast(device, use_bf16)
     scaler = torch.amp.GradScaler("cuda") if device == "cuda" and not use_bf16 else None  # fp16 autocast

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.data.formats import Example, example_key
+from trainables.data.prompt_template import template_tag
 from trainables.data.tokenize import IGNORE, last_turn
 from trainables.paths import cache_dir
 
@@ -85,7 +86,7 @@ def score_examples(
 ) -> list[dict[str, float]]:
     """SCORES for each example (cached, resumable). Model in eval mode under no_grad; its mode is restored."""
 
-    path = cache_file(model_name or model_name_of(model), max_len)
+    path = cache_file((model_name or model_name_of(model)) + template_tag(tokenizer), max_len)
     # Concurrent trials that need the same scores queue on this lock: the second finds them cached.
     with path.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

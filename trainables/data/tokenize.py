@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from trainables.data.formats import Example, example_key
+from trainables.data.prompt_template import template_tag
 
 IGNORE = -100
 UNCUT = 10**9  # a max_len that cuts nothing
@@ -94,9 +95,10 @@ _worker_tables: dict[str, Tokens] = {}
 def worker_tokens(model_name: str, tokenizer: Any, shared: dict[str, Encoded]) -> Tokens:
     """This process's Tokens for `model_name`: the driver's table plus what earlier trials in this
     (reused) worker encoded themselves. `encoded` starts at 0 for the caller's trial."""
-    tokens = _worker_tables.get(model_name)
+    key = model_name + template_tag(tokenizer)  # a searched data.prompt_template encodes differently
+    tokens = _worker_tables.get(key)
     if tokens is None:
-        tokens = _worker_tables[model_name] = Tokens(tokenizer)
+        tokens = _worker_tables[key] = Tokens(tokenizer)
     tokens.tokenizer, tokens.encoded = tokenizer, 0
     tokens.table.update(shared)
     return tokens

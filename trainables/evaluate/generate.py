@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainables.data.tokenize import prompt_ids
 from trainables.evaluate import EVALUATORS, EvalContext, EvalInputError, Evaluator
+from trainables.evaluate.answers import write_answers
 from trainables.evaluate.common import batches, icl_messages, model_device, pad_id, skipped_problem
 from trainables.evaluate.prompts import PromptRow, load_prompts
 from trainables.paths import atomic_write_text
@@ -158,11 +159,13 @@ def run(ctx: EvalContext) -> dict[str, float]:
     t0 = time.perf_counter()
     gens = generate_rows(ctx.model, ctx.tokenizer, rows, g, icl)
     seconds = time.perf_counter() - t0
-    decoding = g.model_dump(exclude={"data", "limit", "batch_size", "max_skipped_fraction"})
+    decoding = g.model_dump(exclude={"data", "limit", "batch_size", "max_skipped_fraction", "answers_key"})
     pred = {r["id"]: _pred(r) for r in gens}
     atomic_write_text(ctx.trial_dir / "pred.json", json.dumps(pred, ensure_ascii=False, indent=1))
     atomic_write_text(ctx.trial_dir / "generations.jsonl",
                       "".join(json.dumps({**r, "decoding": decoding}, ensure_ascii=False) + "\n" for r in gens))
+    if g.answers_key:  # the deliverable a course grades; the best trial's is copied up by harness.recipe
+        write_answers(ctx.trial_dir, gens, g.answers_key)
     ctx.shared["generations"] = gens
     m = _metrics(gens, seconds)
     total = int(m["gen_answers"] + m["gen_n_skipped"])

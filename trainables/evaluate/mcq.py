@@ -163,6 +163,7 @@ def evaluate_set(model: Any, tokenizer: Any, spec: MCQSet, *, batch_size: int, m
             "n_skipped": prep.test.n_skipped, "skipped": dict(prep.test.skipped),
             "skipped_examples": prep.test.examples, "rows": prep.test.rows,
             "predictions": [{"id": it.id, "pred": "".join(it.labels[j] for j in p), "answer": gold(it),
+                             "question": _block(it),  # for a report's case studies
                              "shots": k, "scores": s}
                             for it, p, k, s in zip(items, preds, used, scores, strict=True)]}
 

@@ -47,6 +47,16 @@ class DataConfig(Strict):
     decontaminate_eval: bool = Field(
         True, description="also decontaminate against the sweep's own eval sets (eval.perplexity, eval.generate.data)")
     ngram: int = Field(13, ge=0, description="decontamination word n-gram (CJK: characters); 0 = exact match only")
+    prompt_template: str | None = Field(
+        None, description="raw prompt with {instruction} / {input} used instead of the model's chat template "
+                          "(training, perplexity, generation, MCQ); the response follows it, then EOS")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        from trainables.data.prompt_template import check_template
+
+        return None if v is None else check_template(v)
 
     @field_validator("dedup", mode="before")
     @classmethod

@@ -255,6 +255,9 @@ class GenerateConfig(Strict):
     seed: int = 0
     batch_size: int = Field(8, ge=1)
     system: str | None = Field(None, description="system prompt prepended to every prompt")
+    answers_key: str | None = Field(
+        None, min_length=1, description="also write answers.json: a JSON list in the prompt file's order of "
+                                        "{id, <answers_key>: answer} (a course's submission: output, answer)")
 
     @field_validator("data")
     @classmethod
@@ -274,6 +277,9 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
 }
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+SERVED_URL = "http://127.0.0.1:0/v1"  # eval.judge.serve: replaced by the driver with the started server's
 
 
 class JudgeConfig(Strict):
@@ -323,6 +329,29 @@ class JudgeConfig(Strict):
         None, ge=0, description="USD per 1M prompt tokens (cost estimate); default: KNOWN_PRICES[model], else 0")
     price_completion_per_mtok: float | None = Field(None, ge=0, description="USD per 1M completion tokens")
     cache: bool = Field(True, description="reuse replies cached under cache_dir('judge')")
+    serve: str | None = Field(
+        None, description="'embedded' (the embedded SmolLM2 GGUF) or a .gguf path: the driver starts llama.cpp's "
+                          "OpenAI-compatible server on 127.0.0.1 for the sweep and points the trials at it; "
+                          "a base_url off this machine (a hosted judge) overrides it")
+
+    @model_validator(mode="after")
+    def _served(self) -> JudgeConfig:
+        # A served judge answers on a port chosen when the sweep starts (harness/judge_server.py); until then
+        # base_url is SERVED_URL, and the model is the alias the server is started with.
+        if self.serve is None:
+            return self
+        if self.serve != "embedded" and not self.serve.endswith(".gguf"):
+            raise ValueError(f"eval.judge.serve: {self.serve!r} is neither 'embedded' nor a .gguf file")
+        from urllib.parse import urlparse
+
+        if "base_url" in self.model_fields_set and urlparse(self.base_url).hostname != "127.0.0.1":
+            self.serve = None  # a hosted judge given (the course's, by override): nothing to start
+            return self
+        if "base_url" not in self.model_fields_set:
+            self.base_url = SERVED_URL
+        if "model" not in self.model_fields_set:
+            self.model = "judge"
+        return self
 
     @model_validator(mode="after")
     def _known_prices(self) -> JudgeConfig:
