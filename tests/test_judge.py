@@ -352,6 +352,7 @@ def llama_server(tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pairwise", "single"])
 def test_real_llama_cpp_judge(llama_server, tmp_path, mode):
     from trainables.evaluate.prompts import load_prompts
