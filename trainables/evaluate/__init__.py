@@ -64,8 +64,13 @@ class Evaluator:
     objectives: Mapping[str, Direction | None] = field(default_factory=dict)
 
     check: Callable[[EvalConfig], list[str]] = _no_problems  # input problems found before any work
+    # Directions known only from the config (lm-eval tasks declare their own): metric -> direction; when set,
+    # it answers instead of `objectives`.
+    directions: Callable[[EvalConfig], Mapping[str, Direction | None]] | None = None
 
-    def direction(self, metric: str) -> Direction | None:
+    def direction(self, metric: str, cfg: EvalConfig | None = None) -> Direction | None:
+        if self.directions is not None and cfg is not None:
+            return self.directions(cfg).get(metric)
         return next((d for pattern, d in self.objectives.items() if fnmatchcase(metric, pattern)), None)
 
 
@@ -77,7 +82,7 @@ class _OrderedRegistry(Registry[Evaluator]):
 EVALUATORS: _OrderedRegistry = _OrderedRegistry("evaluator")
 
 # Registration order = run order (generate before judge). Imported for their @register side effect.
-from trainables.evaluate import generate, judge, mcq, mcq_data, perplexity  # noqa: E402,F401,I001
+from trainables.evaluate import generate, judge, lmeval, mcq, mcq_data, perplexity  # noqa: E402,F401,I001
 
 
 def _active(eval_cfg: EvalConfig) -> list[Evaluator]:

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trainables.data.config import Strict, canonical_fields
+from trainables.evaluate.lmeval_config import LMEvalConfig
 from trainables.paths import find_data
 
 if TYPE_CHECKING:
@@ -403,6 +404,8 @@ class EvalConfig(Strict):
     mcq_shots: int | None = Field(None, ge=0, le=25, description="overrides every mcq set's shots (searchable)")
     generate: GenerateConfig = GenerateConfig()
     judge: JudgeConfig = JudgeConfig()
+    lm_eval: LMEvalConfig | None = Field(None, description="lm-evaluation-harness tasks: {tasks, num_fewshot, "
+                                                           "limit, include_path} -> lmeval_<task>_<metric>")
 
     @field_validator("perplexity")
     @classmethod
@@ -481,4 +484,4 @@ class EvalConfig(Strict):
         from trainables.evaluate import EVALUATORS
 
         evaluators = [EVALUATORS.get(name) for name in EVALUATORS.names_in_order()]
-        return [(m, ev.direction(m)) for ev in evaluators if ev.enabled(self) for m in ev.metrics(self)]
+        return [(m, ev.direction(m, self)) for ev in evaluators if ev.enabled(self) for m in ev.metrics(self)]
