@@ -67,7 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--address", help="Ray cluster to join ('auto', 'host:6379', 'ray://host:10001'); "
                                       "default: ray.address, else RAY_ADDRESS, else a private local instance")
     ap.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
-    return ap.parse_intermixed_args(argv)  # overrides may follow flags
+    ap.add_argument("--dashboard", type=int, metavar="PORT", help="serve optuna-dashboard on 127.0.0.1:PORT "
+                    "(default 8080) while the sweep runs (harness/dashboard.py)")
+    from harness.dashboard import argv_with_port
+
+    return ap.parse_intermixed_args(argv_with_port(sys.argv[1:] if argv is None else argv))  # overrides may follow flags
 
 
 # ----------------------------------------------------------------------------- before Ray
@@ -618,6 +622,9 @@ def build_tuner(cfg: SweepConfig, base: dict[str, Any], resume: bool, store: Sto
         max_report_frequency=15, sort_by_metric=True,
     )
     callbacks: list[Any] = [ResultsWriter(run_dir, searched, cfg.eval.metrics(), cfg.reports_per_trial, base, store)]
+    from harness.study import StudyRecorder  # every sweep as an Optuna study (optuna-dashboard)
+
+    callbacks.append(StudyRecorder(run_dir / "optuna.db", cfg.name, s, callbacks[0]))
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         from harness.wandb_logger import WandbLogger
 
@@ -756,7 +763,9 @@ def main(argv: list[str] | None = None) -> int:
 
     register(*_levels(cfg, "eval.judge.api_key_env"))  # masked here and in every trial (they inherit it)
     sys.argv[1:] = [redact(a) for a in sys.argv[1:]]  # W&B and Ray record the command line
-    if problems := secret_path_problems(cfg):
+    from harness.dashboard import port_problems
+
+    if problems := secret_path_problems(cfg) + port_problems(args.dashboard):
         fail(problems)
     tokenizer = preflight(cfg)
     tokens = Tokens(tokenizer)
@@ -808,6 +817,10 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_ray()
     tuner = build_tuner(cfg, base, resume, store, tokens.table, args.retry_errored)
+    if args.dashboard:
+        from harness.dashboard import start
+
+        start(args.dashboard, run_dir / "optuna.db")
     try:
         tuner.fit()
     except Exception as e:  # Ray Tune itself broke (a trial's failure never gets here): keep what is done
