@@ -22,6 +22,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 
 class ResumableOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # how harness.dashboard.StudyRecorder finds the trial in the study
+            self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id not in self._ot_trials:
             return  # suggested after the saved searcher state (see above)

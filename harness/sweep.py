@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.config import ConfigError, SweepConfig
 from harness.console import plain_when_piped
+from harness.dashboard import argv_with_port, port_problems
 from harness.judge_server import start_judge
 from harness.plan import count_trials, needs_model, plan, preembed, prescore, print_plan, score_once
 from harness.preflight import embedding_problems, load_config, preflight
@@ -51,7 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--address", help="Ray cluster to join ('auto', 'host:6379', 'ray://host:10001'); "
                                       "default: ray.address, else RAY_ADDRESS, else a private local instance")
     ap.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
-    return ap.parse_intermixed_args(argv)  # overrides may follow flags
+    ap.add_argument("--dashboard", type=int, metavar="PORT", help="serve optuna-dashboard on 127.0.0.1:PORT "
+                    "(default 8080) while the sweep runs (harness/dashboard.py)")
+    # overrides may follow flags; a bare --dashboard takes the default port
+    return ap.parse_intermixed_args(argv_with_port(sys.argv[1:] if argv is None else argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     cfg = load_config(args.sweep_file, overrides)  # 1. the sweep file and overrides, every problem at once
     _disk.update(run_dir=cfg.run_dir, argv=argv)
+    if problems := port_problems(args.dashboard):  # --dashboard's port must be free before anything starts
+        raise ConfigError(problems)
     if not args.dry_run and cfg.run_dir.exists():  # one live driver per run directory: another one's is
         hold_run_dir(cfg)                           # refused first thing (the lock is this driver's until it exits)
     mask_secrets(cfg)
@@ -92,7 +98,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     _quiet_env(cfg)  # 3. the trials, with Ray Tune
     connect(cfg)
     t0 = time.perf_counter()
-    code = fit(build_tuner(cfg, base, resume, store, tokens.table, args.retry_errored), cfg, store, argv)
+    tuner = build_tuner(cfg, base, resume, store, tokens.table, args.retry_errored)
+    if args.dashboard:  # optuna-dashboard over the sweep's study (harness/study.py), for the sweep's lifetime
+        from harness.dashboard import start
+
+        start(args.dashboard, cfg.run_dir / "optuna.db")
+    code = fit(tuner, cfg, store, argv)
     if code is not None:
         return code
     # 4. results.csv is written as trials report; best.yaml, the summary, the report

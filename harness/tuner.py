@@ -137,6 +137,7 @@ def make_callbacks(cfg: SweepConfig, base: dict[str, Any], store: Storage) -> li
     from harness.display import SweepDisplay
     from harness.plan import count_trials
     from harness.results import ResultsWriter
+    from harness.study import StudyRecorder
 
     s = cfg.search
     shown = [p for p in searched_columns(s) if p not in s.space or s.space[p].kind != "tie"]
@@ -145,6 +146,8 @@ def make_callbacks(cfg: SweepConfig, base: dict[str, Any], store: Storage) -> li
                             CheckpointSlimmer(cfg.run_dir),  # after ResultsWriter: it reads the .ended marker
                             SweepDisplay(metric=s.metric, mode=s.mode, searched=shown, total_trials=count_trials(s),
                                          reports_per_trial=cfg.reports_per_trial)]
+    # every sweep as an Optuna study, whatever its search algorithm (optuna-dashboard reads it)
+    callbacks.append(StudyRecorder(cfg.run_dir / "optuna.db", cfg.name, s, callbacks[0]))
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         from harness.wandb_logger import WandbLogger
 

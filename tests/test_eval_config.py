@@ -18,7 +18,7 @@ def test_defaults_run_nothing(tmp_path):
 
 def test_registry_order_puts_generation_before_judge():
     names = EVALUATORS.names_in_order()
-    assert set(names) == {"perplexity", "mcq", "generate", "judge"}
+    assert set(names) == {"perplexity", "mcq", "generate", "judge", "lm_eval"}
     assert names.index("generate") < names.index("judge")
     assert EVALUATORS.get("judge").after == ("generate",)  # declared where the judge is defined
 

@@ -67,8 +67,13 @@ class Evaluator:
 
     check: Callable[[EvalConfig], list[str]] = _no_problems  # input problems found before any work
     after: tuple[str, ...] = ()  # evaluators that must run first (their outputs are this one's input)
+    # Directions known only from the config (lm-eval tasks declare their own): metric -> direction; when set,
+    # it answers instead of `objectives`.
+    directions: Callable[[EvalConfig], Mapping[str, Direction | None]] | None = None
 
-    def direction(self, metric: str) -> Direction | None:
+    def direction(self, metric: str, cfg: EvalConfig | None = None) -> Direction | None:
+        if self.directions is not None and cfg is not None:
+            return self.directions(cfg).get(metric)
         return next((d for pattern, d in self.objectives.items() if fnmatchcase(metric, pattern)), None)
 
 
@@ -93,7 +98,7 @@ class _OrderedRegistry(Registry[Evaluator]):
 EVALUATORS: _OrderedRegistry = _OrderedRegistry("evaluator")
 
 # Imported for their register side effect; the run order is names_in_order's, whatever the order here.
-from trainables.evaluate import generate, judge, mcq, mcq_data, perplexity  # noqa: E402,F401,I001
+from trainables.evaluate import generate, judge, lmeval, mcq, mcq_data, perplexity  # noqa: E402,F401,I001
 
 
 def _active(eval_cfg: EvalConfig) -> list[Evaluator]:

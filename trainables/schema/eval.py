@@ -21,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from trainables.paths import find_data
 from trainables.schema.base import Strict
 from trainables.schema.data import canonical_fields
+from trainables.schema.lm_eval import LMEvalConfig
 
 if TYPE_CHECKING:
     from trainables.evaluate.judge_prompts import PromptSet
@@ -433,6 +434,8 @@ class EvalConfig(Strict):
     mcq_shots: int | None = Field(None, ge=0, le=25, description="overrides every mcq set's shots (searchable)")
     generate: GenerateConfig = GenerateConfig()
     judge: JudgeConfig = JudgeConfig()
+    lm_eval: LMEvalConfig | None = Field(None, description="lm-evaluation-harness tasks: {tasks, num_fewshot, "
+                                                           "limit, include_path} -> lmeval_<task>_<metric>")
 
     @field_validator("perplexity")
     @classmethod
@@ -511,4 +514,4 @@ class EvalConfig(Strict):
         from trainables.evaluate import EVALUATORS
 
         evaluators = [EVALUATORS.get(name) for name in EVALUATORS.names_in_order()]
-        return [(m, ev.direction(m)) for ev in evaluators if ev.enabled(self) for m in ev.metrics(self)]
+        return [(m, ev.direction(m, self)) for ev in evaluators if ev.enabled(self) for m in ev.metrics(self)]
