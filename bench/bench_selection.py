@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainables.data.config import SelectionConfig  # noqa: E402
+from trainables.schema.data import SelectionConfig  # noqa: E402
 from trainables.data.formats import load_examples  # noqa: E402
 from trainables.data.hygiene import decontaminate, dedup  # noqa: E402
 from trainables.data.selection import SELECTION, needs_model, select  # noqa: E402

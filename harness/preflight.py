@@ -49,7 +49,7 @@ def section_problems(raw: dict | None) -> list[str]:
         resource_problems,
         wandb_key_problems,
     )
-    from trainables.data.config import DataConfig
+    from trainables.schema.data import DataConfig
 
     if not isinstance(raw, dict):
         return []

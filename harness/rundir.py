@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from harness.config import ConfigError, SweepConfig
-from harness.storage import Storage
+from trainables.storage import Storage
 
 # Written into sweep.yaml beside the config. metric_directions: every metric the sweep produces -> min / max
 # (None: a count or diagnostic), as the training loop and the evaluators declare them; the analysis reads it.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.config import SweepConfig
 from harness.console import summarize
-from harness.storage import Storage
+from trainables.storage import Storage
 
 
 def finish(cfg: SweepConfig, store: Storage, wall: float, resume_command: str, report: bool = True) -> int:

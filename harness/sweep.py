@@ -23,7 +23,7 @@ from harness.judge_server import start_judge
 from harness.plan import count_trials, needs_model, plan, preembed, prescore, print_plan, score_once
 from harness.preflight import embedding_problems, load_config, preflight
 from harness.rundir import META_KEYS, claim_run_dir, hold_run_dir, open_run_dir, resume_hint, run_metadata
-from harness.storage import Storage
+from trainables.storage import Storage
 from harness.summary import finish
 from harness.tuner import build_tuner, connect
 from harness.tuner import quiet_env as _quiet_env

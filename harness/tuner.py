@@ -13,7 +13,7 @@ from harness.console import quiet_driver, worker_setup_hook
 from harness.display import Silent
 from harness.levels import levels
 from harness.space import param_space
-from harness.storage import Storage
+from trainables.storage import Storage
 
 # A data-parallel trial's own process only drives its Ray Train workers (which reserve the CPUs and
 # GPUs); Ray needs some resource in its request, so it asks for a little memory instead of a CPU.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.data.config import CurriculumConfig
+from trainables.schema.data import CurriculumConfig
 from trainables.data.curriculum import CURRICULA
 from trainables.data.formats import load_examples
 

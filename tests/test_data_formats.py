@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from trainables.data.config import DataConfig
+from trainables.schema.data import DataConfig
 from trainables.data.formats import BadRows, DataNotFound, load_examples, load_with_report, read_rows
 
 

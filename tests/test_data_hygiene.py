@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from trainables.data.config import DataConfig, SelectionConfig
+from trainables.schema.data import DataConfig, SelectionConfig
 from trainables.data.formats import load_examples, read_rows, strip_alpaca_preamble
 from trainables.data.hygiene import decontaminate, dedup
 from trainables.data.pipeline import prepare

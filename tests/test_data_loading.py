@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from trainables.data.config import DataConfig, SelectionConfig
+from trainables.schema.data import DataConfig, SelectionConfig
 from trainables.data.formats import DataNotFound, load_examples
 from trainables.data.pipeline import prepare, split_pool
 from trainables.data.tokenize import IGNORE, Tokens, encode, worker_tokens

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from trainables.evaluate import EVALUATORS, run_all
-from trainables.evaluate.config import EvalConfig, MCQSet
+from trainables.schema.eval import EvalConfig, MCQSet
 
 
 def test_defaults_run_nothing(tmp_path):
@@ -114,7 +114,7 @@ def test_sweep_config_accepts_eval_metrics_and_searched_decoding():
 
 
 def test_judge_cost_uses_known_list_prices_unless_given():
-    from trainables.evaluate.config import JudgeConfig
+    from trainables.schema.eval import JudgeConfig
 
     hosted = JudgeConfig(enabled=True, model="gpt-4o-mini")
     assert (hosted.price_prompt_per_mtok, hosted.price_completion_per_mtok) == (0.15, 0.60)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from trainables.evaluate import EvalInputError, input_problems, run_all
-from trainables.evaluate.config import EvalConfig, GenerateConfig
+from trainables.schema.eval import EvalConfig, GenerateConfig
 from trainables.evaluate.generate import decoding_kwargs, generate_rows
 from trainables.evaluate.prompts import load_prompts
 

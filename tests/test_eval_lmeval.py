@@ -11,7 +11,7 @@ from test_validation import refused
 
 from harness.config import load_sweep
 from trainables.evaluate import run_all
-from trainables.evaluate.config import EvalConfig
+from trainables.schema.eval import EvalConfig
 from trainables.evaluate.mcq import evaluate_set
 from trainables.paths import find_data
 
@@ -72,7 +72,7 @@ def adapted():
 
 def ours(model, tok, shots: int) -> list[dict]:
     """Our MCQ evaluator's prediction and letter log-likelihoods for every question, in file order."""
-    from trainables.evaluate.config import MCQSet
+    from trainables.schema.eval import MCQSet
 
     spec = MCQSet.model_validate({"name": "m", "preset": "mmlu", "subjects": [SUBJECT], "shots": shots})
     res = evaluate_set(model, tok, spec, batch_size=8, max_len=2048)

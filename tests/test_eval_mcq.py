@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from trainables.evaluate.config import MCQSet
+from trainables.schema.eval import MCQSet
 from trainables.evaluate.mcq import build_prompt, candidates, choice_scores, evaluate_set
 from trainables.evaluate.mcq_data import load_items, sample_per_subject, subject_of
 
@@ -159,7 +159,7 @@ def test_accuracy_on_a_hand_checkable_set(model_tok, tmp_path):
     from collections import Counter
 
     from trainables.evaluate import run_all
-    from trainables.evaluate.config import EvalConfig
+    from trainables.schema.eval import EvalConfig
 
     model, tok = model_tok
     path = tmp_path / "medqa_test.jsonl"
@@ -182,7 +182,7 @@ def test_multi_answer_set_scores_exact_sets_and_option_f1(model_tok, tmp_path):
     import csv
 
     from trainables.evaluate import run_all
-    from trainables.evaluate.config import EvalConfig
+    from trainables.schema.eval import EvalConfig
 
     model, tok = model_tok
     path = tmp_path / "cpa_multi_val.csv"
@@ -222,7 +222,7 @@ INLINE_DEV = [
 
 def test_few_shot_from_a_dev_file_in_its_own_layout(model_tok, tmp_path):
     from trainables.evaluate import run_all
-    from trainables.evaluate.config import EvalConfig
+    from trainables.schema.eval import EvalConfig
 
     model, tok = model_tok
     raw = {"name": "med", "preset": "medqa", "path": write_jsonl(tmp_path / "t.jsonl", medqa_rows(list("ABBB"))),

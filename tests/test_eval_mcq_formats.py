@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from trainables.evaluate import input_problems
-from trainables.evaluate.config import EvalConfig, MCQSet
+from trainables.schema.eval import EvalConfig, MCQSet
 from trainables.evaluate.mcq_data import exemplars_for, load_items, prepare, sample_per_subject
 
 MEDQA = [  # jind11/MedQA: options as a mapping label -> text, answer_idx a letter, answer the text

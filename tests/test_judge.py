@@ -21,7 +21,7 @@ from helpers import Scripted
 
 import trainables.evaluate.judge_client as judge_client
 from trainables.evaluate import EvalContext, EvalInputError
-from trainables.evaluate.config import EvalConfig, JudgeConfig
+from trainables.schema.eval import EvalConfig, JudgeConfig
 from trainables.evaluate.judge import judge_generations
 from trainables.evaluate.judge import run as judge_run
 from trainables.evaluate.judge_client import JudgeClient

@@ -11,7 +11,7 @@ import pytest
 
 from harness.config import ConfigError, load_sweep
 from trainables.evaluate import EvalInputError, check_inputs, input_problems, run_all
-from trainables.evaluate.config import EvalConfig, JudgeConfig
+from trainables.schema.eval import EvalConfig, JudgeConfig
 from trainables.evaluate.judge import make_items, plan_requests
 from trainables.evaluate.judge_prompts import PAIR_SCORES, RATING, SYSTEM, VERDICT
 

@@ -34,14 +34,14 @@ def test_trainables_never_import_harness_and_analysis_imports_neither():
 
 
 @pytest.mark.parametrize("first", [
-    "trainables.data.config", "trainables.evaluate.config", "trainables.schema", "trainables.schema.eval",
-    "trainables.evaluate", "trainables.qlora", "trainables.evaluate.eval_only", "trainables.trial", "harness.config",
+    "trainables.schema.data", "trainables.schema.eval", "trainables.schema", "trainables.evaluate",
+    "trainables.trial", "trainables.eval_trial", "harness.config",
 ])
 def test_each_entry_imports_first_in_a_fresh_process(first):
     # A module imported halfway through an import cycle is left without the names defined after the cycle
     # began: the schema's defaults import the evaluators, which import the schema.
-    code = (f"import {first}\nfrom trainables.evaluate.config import EvalConfig, MCQSet\n"
-            "from trainables.data.config import SelectionConfig, Strict\nfrom trainables.schema import SweepConfig\n"
+    code = (f"import {first}\nfrom trainables.schema.eval import EvalConfig, MCQSet\n"
+            "from trainables.schema.data import SelectionConfig\nfrom trainables.schema import SweepConfig\n"
             "from harness.config import SweepConfig as S2, load_sweep\nassert S2 is SweepConfig\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

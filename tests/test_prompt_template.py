@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from trainables.data.config import DataConfig
+from trainables.schema.data import DataConfig
 from trainables.data.prompt_template import check_template, template_tag, use_prompt_template
 from trainables.data.tokenize import IGNORE, encode, last_turn, prompt_ids
 from trainables.evaluate.perplexity import encode_scored

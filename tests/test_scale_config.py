@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, load_sweep
-from harness.storage import Storage
+from trainables.storage import Storage
 
 
 def test_uri_storage_pushes_changes_and_pulls_what_a_resume_needs(tmp_path):

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from trainables.data.config import SelectionConfig
+from trainables.schema.data import SelectionConfig
 from trainables.data.formats import load_examples
 from trainables.data.selection import select
 from trainables.data.selection.diversity import embed, embedding_label, k_center, resolve_embedding

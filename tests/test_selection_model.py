@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainables.data import difficulty
-from trainables.data.config import CurriculumConfig, DataConfig, SelectionConfig
+from trainables.schema.data import CurriculumConfig, DataConfig, SelectionConfig
 from trainables.data.formats import load_examples
 from trainables.data.pipeline import prepare
 from trainables.data.selection import select

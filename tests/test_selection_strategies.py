@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from trainables.data.config import SelectionConfig
+from trainables.schema.data import SelectionConfig
 from trainables.data.formats import load_examples
 from trainables.data.selection import SELECTION, select
 

@@ -25,7 +25,7 @@ from trainables.evaluate import EVALUATORS, EvalContext, EvalInputError, Evaluat
 from trainables.paths import atomic_write_text
 
 if TYPE_CHECKING:
-    from trainables.evaluate.config import EvalConfig
+    from trainables.schema.eval import EvalConfig
     from trainables.schema.lm_eval import LMEvalConfig
 
 INSTALL = "pip install -e '.[lm_eval]' torch==2.13.0 (lm-eval==0.4.13)"

@@ -64,7 +64,7 @@ class LMEvalConfig(Strict):
 
     @model_validator(mode="after")
     def _known_tasks(self) -> LMEvalConfig:
-        from trainables.evaluate.config import field_error
+        from trainables.schema.eval import field_error
         from trainables.evaluate.lmeval import task_problem
 
         problem = task_problem(self)
