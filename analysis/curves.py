@@ -73,15 +73,10 @@ def learning_curves(sweep: Sweep, path: Path, metric: str = "eval_loss") -> Path
         row = rows.get(tid)
         st = str(row["status"]) if row is not None else "RUNNING"
         statuses.add(st)
-        ls = STATUS_STYLE.get(st, ("C7", "-"))[1]
         color = colors.get(str(row[f"config/{factor}"]), f"C{i % 10}") if row is not None and factor else f"C{i % 10}"
-        label = config_label(sweep, row) if row is not None else tid
-        label = label + " (best)" if tid == best else label
-        ax.plot(h[x_key], h[metric], ls=ls, color=color, alpha=0.85, lw=2.8 if tid == best else 1.3,
-                label=None if label in labelled else label)
+        label = (config_label(sweep, row) if row is not None else tid) + (" (best)" if tid == best else "")
+        _plot_curve(ax, h[x_key], h[metric], st, color, tid == best, None if label in labelled else label)
         labelled.add(label)
-        if st in ("EARLY_STOPPED", "ERROR"):
-            ax.plot(h[x_key].iloc[-1], h[metric].iloc[-1], "x", color=color, ms=8, mew=2)
     handles, labels = ax.get_legend_handles_labels()
     for st in ("EARLY_STOPPED", "ERROR"):  # what a dashed line and an x mean
         if st in statuses:
@@ -97,6 +92,14 @@ def learning_curves(sweep: Sweep, path: Path, metric: str = "eval_loss") -> Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _plot_curve(ax: Any, x: pd.Series, y: pd.Series, status: str, color: str, best: bool, label: str | None) -> None:
+    """One trial's line: styled by its status, thick when best, an x at the last report when it was cut short."""
+    ax.plot(x, y, ls=STATUS_STYLE.get(status, ("C7", "-"))[1], color=color, alpha=0.85, lw=2.8 if best else 1.3,
+            label=label)
+    if status in ("EARLY_STOPPED", "ERROR"):
+        ax.plot(x.iloc[-1], y.iloc[-1], "x", color=color, ms=8, mew=2)
 
 
 def best_trial(sweep: Sweep) -> str | None:

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from trainables.schema.eval import EvalConfig, JudgeConfig, MCQSet  # noqa: E402
 from trainables.models import load_model  # noqa: E402
+from trainables.schema.eval import EvalConfig, JudgeConfig, MCQSet  # noqa: E402
 
 SUBJECTS = ["abstract_algebra", "college_biology", "high_school_us_history", "marketing", "philosophy"]
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainables.schema.data import SelectionConfig  # noqa: E402
 from trainables.data.formats import load_examples  # noqa: E402
 from trainables.data.hygiene import decontaminate, dedup  # noqa: E402
 from trainables.data.selection import SELECTION, needs_model, select  # noqa: E402
 from trainables.data.tokenize import encode  # noqa: E402
+from trainables.schema.data import SelectionConfig  # noqa: E402
 
 FILES = ("alpaca/random_9k.json", "alpaca/filtered_alpaca_1k_score.json", "alpaca/filtered_alpaca_1k_longest.json")
 

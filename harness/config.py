@@ -109,6 +109,23 @@ def _union_branches(errors: list[dict]) -> set[tuple]:
             any(_is_union_tag(p) and not p.startswith("function-") for p in e["loc"])}
 
 
+def _shown_input(e: Any, msg: str, path: str) -> str:
+    """' (got X)' after a message that does not already show the input (never a value that may be a key)."""
+    got = e.get("input")
+    said = isinstance(got, (dict, list)) or got is None or (isinstance(got, str) and repr(got) in msg)
+    said = said or (e["type"] == "value_error" and path.endswith(NO_ECHO))  # may hold a pasted key
+    return "" if said else f" (got {got!r})"
+
+
+def _unknown_key_line(path: str, loc: tuple) -> str:
+    owner = _model_at(loc[:-1])
+    key = str(loc[-1])
+    hint = _suggest(key, list(owner.model_fields)) if owner else ""
+    if ":" in key:  # YAML read 'tie:lora.r' as one key: flow style needs 'key: value'
+        hint = f"; write '{key.split(':', 1)[0]}: {key.split(':', 1)[1]}' with a space after the colon"
+    return f"{path}: unknown key{hint}"
+
+
 def format_errors(err: ValidationError, prefix: str = "", raw: Any = None) -> list[str]:
     lines: list[str] = []
     union: dict[str, list[str]] = {}  # path -> what each branch of a union wanted (one line for all)
@@ -120,17 +137,9 @@ def format_errors(err: ValidationError, prefix: str = "", raw: Any = None) -> li
             loc = loc[:-1]
         path = prefix + ".".join(str(p) for p in loc)
         msg = e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        said = isinstance(got, (dict, list)) or got is None or (isinstance(got, str) and repr(got) in msg)
-        said = said or (e["type"] == "value_error" and path.endswith(NO_ECHO))  # may hold a pasted key
-        shown = "" if said else f" (got {got!r})"
+        shown = _shown_input(e, msg, path)
         if e["type"] == "extra_forbidden":
-            owner = _model_at(loc[:-1])
-            key = str(loc[-1])
-            hint = _suggest(key, list(owner.model_fields)) if owner else ""
-            if ":" in key:  # YAML read 'tie:lora.r' as one key: flow style needs 'key: value'
-                hint = f"; write '{key.split(':', 1)[0]}: {key.split(':', 1)[1]}' with a space after the colon"
-            lines.append(f"{path}: unknown key{hint}")
+            lines.append(_unknown_key_line(path, loc))
         elif e["type"] == "missing":
             lines.append(f"{path}: required; add it to the sweep file")
         elif tagged:
@@ -237,26 +246,35 @@ def _leaf_names(cfg: SweepConfig) -> list[str]:
 
 def _check_space(cfg: SweepConfig, raw: dict) -> list[str]:
     """Every searched path exists, every candidate value validates, ties point at searched params."""
+    problems = [line for path, p in cfg.search.space.items() for line in _entry_problems(cfg, raw, path, p)]
+    return problems + _algorithm_problems(cfg)
+
+
+def _entry_problems(cfg: SweepConfig, raw: dict, path: str, p: Any) -> list[str]:
+    """One search.space entry: its path exists, a tie names a searched untied parameter, each value validates."""
+    where, space = f"search.space.{path}", cfg.search.space
+    if not _field_exists(path, cfg):
+        return [f"{where}: no such setting{_suggest(path, _leaf_names(cfg))}"]
+    if p.kind == "tie":
+        if p.tie not in space or space[p.tie].kind == "tie":
+            return [f"{where}: tie must name another searched, untied parameter (got {p.tie!r})"]
+        return []
     problems = []
-    space = cfg.search.space
-    for path, p in space.items():
-        where = f"search.space.{path}"
-        if not _field_exists(path, cfg):
-            problems.append(f"{where}: no such setting{_suggest(path, _leaf_names(cfg))}")
-            continue
-        if p.kind == "tie":
-            if p.tie not in space or space[p.tie].kind == "tie":
-                problems.append(f"{where}: tie must name another searched, untied parameter (got {p.tie!r})")
-            continue
-        values = (p.choice or p.grid or []) if p.kind in ("choice", "grid") else list(getattr(p, p.kind))
-        for v in values:
-            trial = copy.deepcopy(raw)
-            set_dotted(trial, path, v)
-            try:
-                SweepConfig.model_validate(trial)
-            except ValidationError as e:
-                problems += [f"{where}: value {v!r} is invalid: {line}" for line in format_errors(e, raw=trial)
-                             if line.startswith(path)]
+    values = (p.choice or p.grid or []) if p.kind in ("choice", "grid") else list(getattr(p, p.kind))
+    for v in values:
+        trial = copy.deepcopy(raw)
+        set_dotted(trial, path, v)
+        try:
+            SweepConfig.model_validate(trial)
+        except ValidationError as e:
+            problems += [f"{where}: value {v!r} is invalid: {line}" for line in format_errors(e, raw=trial)
+                         if line.startswith(path)]
+    return problems
+
+
+def _algorithm_problems(cfg: SweepConfig) -> list[str]:
+    """The search algorithm and the kinds of entries (and seeds) it can search."""
+    problems, space = [], cfg.search.space
     if cfg.search.algorithm == "optuna" and any(p.kind == "grid" for p in space.values()):
         problems.append("search.space: grid entries need search.algorithm grid or random; use choice with optuna")
     if cfg.search.algorithm == "grid" and any(p.kind not in ("grid", "choice", "tie") for p in space.values()):

@@ -23,10 +23,10 @@ from harness.judge_server import start_judge
 from harness.plan import count_trials, needs_model, plan, preembed, prescore, print_plan, score_once
 from harness.preflight import embedding_problems, load_config, preflight
 from harness.rundir import META_KEYS, claim_run_dir, hold_run_dir, open_run_dir, resume_hint, run_metadata
-from trainables.storage import Storage
 from harness.summary import finish
 from harness.tuner import build_tuner, connect
 from harness.tuner import quiet_env as _quiet_env
+from trainables.storage import Storage
 
 # Re-exported: tests and tools import these from the driver's module.
 __all__ = ["EXIT_CONFIG", "META_KEYS", "embedding_problems", "main", "needs_model", "preembed", "prescore",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.schema.data import CurriculumConfig
 from trainables.data.curriculum import CURRICULA
 from trainables.data.formats import load_examples
+from trainables.schema.data import CurriculumConfig
 
 
 @pytest.fixture(scope="module")

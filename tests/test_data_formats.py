@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from trainables.schema.data import DataConfig
 from trainables.data.formats import BadRows, DataNotFound, load_examples, load_with_report, read_rows
+from trainables.schema.data import DataConfig
 
 
 def _alpaca_rows(data_file, n=20):

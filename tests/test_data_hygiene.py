@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from trainables.schema.data import DataConfig, SelectionConfig
 from trainables.data.formats import load_examples, read_rows, strip_alpaca_preamble
 from trainables.data.hygiene import decontaminate, dedup
 from trainables.data.pipeline import prepare
+from trainables.schema.data import DataConfig, SelectionConfig
 
 EVAL = "eval/test_set_evol_instruct_150.json"
 

@@ -6,10 +6,10 @@ import pickle
 
 import pytest
 
-from trainables.schema.data import DataConfig, SelectionConfig
 from trainables.data.formats import DataNotFound, load_examples
 from trainables.data.pipeline import prepare, split_pool
 from trainables.data.tokenize import IGNORE, Tokens, encode, worker_tokens
+from trainables.schema.data import DataConfig, SelectionConfig
 
 
 def test_alpaca_and_fastchat_files_normalise_to_messages(data_file):

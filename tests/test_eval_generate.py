@@ -8,9 +8,9 @@ import json
 import pytest
 
 from trainables.evaluate import EvalInputError, input_problems, run_all
-from trainables.schema.eval import EvalConfig, GenerateConfig
 from trainables.evaluate.generate import decoding_kwargs, generate_rows
 from trainables.evaluate.prompts import load_prompts
+from trainables.schema.eval import EvalConfig, GenerateConfig
 
 
 @pytest.mark.parametrize("path, n, has_ref", [

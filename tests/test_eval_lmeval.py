@@ -11,9 +11,9 @@ from test_validation import refused
 
 from harness.config import load_sweep
 from trainables.evaluate import run_all
-from trainables.schema.eval import EvalConfig
 from trainables.evaluate.mcq import evaluate_set
 from trainables.paths import find_data
+from trainables.schema.eval import EvalConfig
 
 pytest.importorskip("lm_eval", reason="lm-eval is part of [dev]: bash scripts/setup.sh --dev")
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from trainables.schema.eval import MCQSet
 from trainables.evaluate.mcq import build_prompt, candidates, choice_scores, evaluate_set
 from trainables.evaluate.mcq_data import load_items, sample_per_subject, subject_of
+from trainables.schema.eval import MCQSet
 
 
 def spec(**kw) -> MCQSet:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from trainables.evaluate import input_problems
-from trainables.schema.eval import EvalConfig, MCQSet
 from trainables.evaluate.mcq_data import exemplars_for, load_items, prepare, sample_per_subject
+from trainables.schema.eval import EvalConfig, MCQSet
 
 MEDQA = [  # jind11/MedQA: options as a mapping label -> text, answer_idx a letter, answer the text
     {"question": "Which vitamin deficiency causes scurvy?", "answer": "Vitamin C", "answer_idx": "C",

@@ -9,8 +9,8 @@ import torch
 
 from trainables.data.formats import load_examples
 from trainables.evaluate import run_all
-from trainables.schema.eval import EvalConfig
 from trainables.evaluate.perplexity import score_examples
+from trainables.schema.eval import EvalConfig
 
 FILES = ["classical_zh/public_test.json", "eval/evol_instruct_gt.json"]
 

@@ -21,10 +21,10 @@ from helpers import Scripted
 
 import trainables.evaluate.judge_client as judge_client
 from trainables.evaluate import EvalContext, EvalInputError
-from trainables.schema.eval import EvalConfig, JudgeConfig
 from trainables.evaluate.judge import judge_generations
 from trainables.evaluate.judge import run as judge_run
 from trainables.evaluate.judge_client import JudgeClient
+from trainables.schema.eval import EvalConfig, JudgeConfig
 
 SECRET = "sk-test-secret-never-written-0123456789"
 

@@ -11,9 +11,9 @@ import pytest
 
 from harness.config import ConfigError, load_sweep
 from trainables.evaluate import EvalInputError, check_inputs, input_problems, run_all
-from trainables.schema.eval import EvalConfig, JudgeConfig
 from trainables.evaluate.judge import make_items, plan_requests
 from trainables.evaluate.judge_prompts import PAIR_SCORES, RATING, SYSTEM, VERDICT
+from trainables.schema.eval import EvalConfig, JudgeConfig
 
 # MT-bench's judge_prompts.jsonl layout (texts shortened, placeholders and formats as published).
 MT_SYSTEM_PAIR = ("Please act as an impartial judge ... output your final verdict by strictly following this format: "

@@ -9,10 +9,10 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from trainables.schema.data import DataConfig
 from trainables.data.prompt_template import check_template, template_tag, use_prompt_template
 from trainables.data.tokenize import IGNORE, encode, last_turn, prompt_ids
 from trainables.evaluate.perplexity import encode_scored
+from trainables.schema.data import DataConfig
 
 ALPACA = ("Below is an instruction that describes a task, paired with an input that provides further context. "
           "Write a response that appropriately completes the request.\n\n"

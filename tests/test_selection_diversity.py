@@ -11,10 +11,10 @@ import random
 import numpy as np
 import pytest
 
-from trainables.schema.data import SelectionConfig
 from trainables.data.formats import load_examples
 from trainables.data.selection import select
 from trainables.data.selection.diversity import embed, embedding_label, k_center, resolve_embedding
+from trainables.schema.data import SelectionConfig
 
 N = 20
 SOURCES = {  # a general pool with three small, different clusters in it

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from trainables.data import difficulty
-from trainables.schema.data import CurriculumConfig, DataConfig, SelectionConfig
 from trainables.data.formats import load_examples
 from trainables.data.pipeline import prepare
 from trainables.data.selection import select
+from trainables.schema.data import CurriculumConfig, DataConfig, SelectionConfig
 
 MAX_LEN = 64
 

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from trainables.schema.data import SelectionConfig
 from trainables.data.formats import load_examples
 from trainables.data.selection import SELECTION, select
+from trainables.schema.data import SelectionConfig
 
 N = 12
 

@@ -64,8 +64,8 @@ class LMEvalConfig(Strict):
 
     @model_validator(mode="after")
     def _known_tasks(self) -> LMEvalConfig:
-        from trainables.schema.eval import field_error
         from trainables.evaluate.lmeval import task_problem
+        from trainables.schema.eval import field_error
 
         problem = task_problem(self)
         if problem:
