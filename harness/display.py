@@ -100,7 +100,8 @@ class SweepDisplay(Callback):
         tps = result.get("tokens_per_second")
         t.tokens_per_second = float(tps) if isinstance(tps, (int, float)) else t.tokens_per_second
         t.node = str(result.get("node") or result.get("node_ip") or t.node)
-        self._event(t, f"report {t.report}/{self.reports_per_trial}: {self._values(t)}")
+        where = f" on {t.node}" if t.node else ""  # which machine ran it: a cluster's trials spread out
+        self._event(t, f"report {t.report}/{self.reports_per_trial}: {self._values(t)}{where}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from harness.results import trial_row

@@ -73,10 +73,10 @@ def test_trials_run_on_both_nodes_one_on_two_gloo_workers(cluster, spread):
     assert float(two["eval_loss"]) == pytest.approx(float(ones[0]["eval_loss"]), rel=1e-4)
     assert float(two["train_loss"]) == pytest.approx(float(ones[0]["train_loss"]), rel=1e-4)
     assert two["tokens_seen"] == ones[0]["tokens_seen"]
-    # The live table named the node of each trial.
+    # The console (piped: a line per event) named the node of each trial's reports.
     log = spread["log"].read_text()
-    assert any("node" in line and "tok/s" in line for line in log.splitlines())
-    assert sum(f"/{node[:6]}" in log for node in cluster.node_ids.values()) == 2
+    reports = [line for line in log.splitlines() if " report " in line and "tok/s on " in line]
+    assert sum(any(f"/{node[:6]}" in line for line in reports) for node in cluster.node_ids.values()) == 2
 
 
 def test_results_adapters_and_sweep_state_land_in_uri_storage(spread):
