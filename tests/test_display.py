@@ -51,7 +51,7 @@ def test_piped_prints_a_plain_line_per_event():
     assert not CONTROL.search(out.getvalue())
     events = [ln.split("] ", 1)[1] for ln in lines if "] trial " in ln]
     assert events[0] == "trial 8c6fd_00000 started: lora.r=4"
-    assert "trial 8c6fd_00000 report 1/4: eval_loss 1.9 (best 1.9), 110 tok/s" in events
+    assert "trial 8c6fd_00000 report 1/4: eval_loss 1.9 (best 1.9), 110 tok/s on 192.0.2.2" in events
     assert any(e.startswith("trial 8c6fd_00000 stopped early at report 2/4: eval_loss 1.8") for e in events)
     assert any(e.startswith("trial 8c6fd_00001 finished at report 4/4") for e in events)
     assert any(e.startswith("trial 8c6fd_00002 failed") for e in events)
