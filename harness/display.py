@@ -11,12 +11,18 @@ Tune callback; Tune's own status block is replaced by `Silent` (a ProgressReport
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ray.tune import Callback, ProgressReporter
+# Ray Tune warns when a driver step takes over 0.5 s, a threshold read once, when ray.tune is imported: on
+# 2 busy cores our callbacks' writes pass it now and then (8 lines in the default sweep), which is no news
+# to a user. Ten times that still warns of a real stall.
+os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
+
+from ray.tune import Callback, ProgressReporter  # noqa: E402
 
 from harness.console import duration, interactive, plain
 

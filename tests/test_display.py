@@ -133,3 +133,14 @@ def test_a_trial_tune_fails_without_a_callback_is_reported():
     display.on_experiment_end([t])
     assert "trial 02634903 failed at report 0/4" in out.getvalue()
     assert "sweep: 1 of 1 trials done (0 stopped early, 1 failed)" in out.getvalue()
+
+
+def test_ray_tunes_slow_step_warning_is_for_real_stalls_only():
+    import subprocess
+    import sys
+
+    # the threshold is read when ray.tune is imported: check it as the driver imports it, in a fresh process
+    code = "import harness.sweep, ray.tune.utils.util as u; print(u.warn_if_slow.DEFAULT_THRESHOLD)"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TUNE_WARN_THRESHOLD_S"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.strip() == "5.0", out.stderr[-2000:]
