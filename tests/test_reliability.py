@@ -99,7 +99,10 @@ def failing_run(tmp_path_factory, judge_server):
                 return cfg.parent.name
         return None
 
-    wait_for(proc, lambda: good_trial() and len(history(run_dir, good_trial())) >= 1)
+    # Killed once its second report is in: Ray registers a report's checkpoint only after the callbacks that
+    # write the history have run and a save round-trip to the worker, and it lets the trial train on only
+    # after that, so the second report proves the first checkpoint is Ray's to restore from.
+    wait_for(proc, lambda: good_trial() and len(history(run_dir, good_trial())) >= 2)
     killed = history(run_dir, good_trial())[-1]["pid"]
     os.kill(killed, signal.SIGKILL)  # a worker lost mid-trial, as when a node dies or the OOM killer strikes
     output = proc.communicate(timeout=900)[0]
