@@ -56,6 +56,14 @@ def worker_setup_hook(quantized: bool) -> Callable[[], None]:
 
     def quiet_worker() -> None:
         import logging
+        import os
+
+        import ray
+
+        # Ray Train logs every data-parallel report whole at INFO ("Reporting training result 1: TrainingReport(
+        # ...)", thousands of characters), through a logger named after its file's path.
+        context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+        logging.getLogger(context).setLevel(logging.WARNING)
 
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # "Checkpoint successfully created"
         # Ray Train's placement-group cleaner asks the state API every second whether its run is alive; without
