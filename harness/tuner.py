@@ -146,8 +146,10 @@ def make_callbacks(cfg: SweepConfig, base: dict[str, Any], store: Storage) -> li
                             CheckpointSlimmer(cfg.run_dir),  # after ResultsWriter: it reads the .ended marker
                             SweepDisplay(metric=s.metric, mode=s.mode, searched=shown, total_trials=count_trials(s),
                                          reports_per_trial=cfg.reports_per_trial)]
-    # every sweep as an Optuna study, whatever its search algorithm (optuna-dashboard reads it)
-    callbacks.append(StudyRecorder(cfg.run_dir / "optuna.db", cfg.name, s, callbacks[0]))
+    # every sweep as an Optuna study, whatever its search algorithm (optuna-dashboard reads it); Ray pickles
+    # its callbacks into tuner.pkl: the recorder gets the masked search space, as Ray does
+    masked_search = SearchConfig.model_validate(base["search"])
+    callbacks.append(StudyRecorder(cfg.run_dir / "optuna.db", cfg.name, masked_search, callbacks[0]))
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         from harness.wandb_logger import WandbLogger
 
