@@ -6,7 +6,7 @@ can set it by dotted path; only data.fields and the file lists are nested.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -80,6 +80,13 @@ class DataConfig(Strict):
         return [self.train] if isinstance(self.train, str) else list(self.train)
 
 
+def registered(registry: Any, kind: str, name: str) -> str:
+    """`name` when the registry holds it; else the error a validator turns into one line naming the choices."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(registry.names())}")
+    return name
+
+
 class SelectionConfig(Strict):
     strategy: str = Field("random", description="a name in trainables.data.selection.SELECTION")
     n: int | None = Field(100, ge=1, description="examples to select (ignored when token_budget is set; null = all)")
@@ -114,9 +121,7 @@ class SelectionConfig(Strict):
     def _known(cls, v: str) -> str:
         from trainables.data.selection import SELECTION
 
-        if v not in SELECTION:
-            raise ValueError(f"unknown strategy {v!r}; choose one of: {', '.join(SELECTION.names())}")
-        return v
+        return registered(SELECTION, "strategy", v)
 
     @model_validator(mode="after")
     def _weights(self) -> SelectionConfig:
@@ -139,9 +144,7 @@ class CurriculumConfig(Strict):
     def _known(cls, v: str) -> str:
         from trainables.data.curriculum import CURRICULA
 
-        if v not in CURRICULA:
-            raise ValueError(f"unknown curriculum {v!r}; choose one of: {', '.join(CURRICULA.names())}")
-        return v
+        return registered(CURRICULA, "curriculum", v)
 
     @property
     def needs_model(self) -> bool:
