@@ -21,12 +21,11 @@ from trainables.secrets import masking_errors
 
 def load_for_eval(cfg: Any) -> tuple[Any, Any, dict[str, float]]:
     """Base model (+ peft adapter when eval.adapter is set), in eval mode."""
-    import torch
-
     from trainables.data.prompt_template import use_prompt_template
     from trainables.models import load_model
+    from trainables.training import pick_device
 
-    device = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.train.device)
     model, tokenizer, times = load_model(cfg.model.name, cfg.model.quantization, cfg.model.trust_remote_code,
                                          device)
     use_prompt_template(tokenizer, cfg.data.prompt_template)  # data.prompt_template replaces the chat template
