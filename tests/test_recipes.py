@@ -4,6 +4,7 @@ model and data: baselines, the sweep, one report with the recipe's sections, the
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,10 @@ def test_instruct_judge_recipe_tiny_with_served_judge(tmp_path):
     assert "## Baselines and the best trial" in report and "## Deliverable" in report
     assert "## Answer length and the judge" in report and "length-controlled score" in report
     assert "base model, 0-shot" in report and "LoRA, best trial" in report
+    # the course's hint: the pool's length/score plane with the 16 examples the trial picked on it
+    assert (run / "selection" / "pool_scores.csv").exists() and "## The pool: length against score" in report
+    assert (run / "report" / "figures" / "recipe_pool_length_score.png").stat().st_size > 5000
+    assert re.search(r"\| longest\s+\|\s+16 \|", report), report.split("## The pool", 1)[1][:600]
     # the second step, decoding on the best adapter without retraining, accepts that adapter
     best = yaml.safe_load((run / "best.yaml").read_text())["trial_id"]
     dry = subprocess.run([sys.executable, "-m", "harness.sweep", "sweeps/recipes/instruct_decoding.yaml", "--dry-run",
