@@ -144,7 +144,7 @@ def pool_figure(sweep: Sweep, path: Path) -> tuple[Path | None, dict[str, list[s
     x = pool["conversation_words"].clip(lower=1).to_numpy(float)
     cols = min(3, len(picks))
     rows = -(-len(picks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 4.2 * cols), 3.4 * rows), sharex=True, sharey=True, squeeze=False)
     drawn = {}
     for ax, (name, ids) in zip(axes.flat, picks.items(), strict=False):
         on = pool.index.isin(ids)

@@ -119,7 +119,7 @@ def test_domain_medical_recipe_validates_and_its_5_shot_baseline_fits(tokenizer)
     spec, = cfg.eval.mcq_sets()
     prep = prepare(spec.model_copy(update={"shots": 5}))
     assert prep.problems == [] and prep.shots_source == "dev mcq/mmlu/dev"
-    assert len(prep.items) == 40 and len({it.subject for it in prep.items}) == 5
+    assert len(prep.items) == 20 and len({it.subject for it in prep.items}) == 5
     assert {len(it.choices) for it in prep.items} == {4} and {it.answer for it in prep.items} <= {0, 1, 2, 3}
     _, used, cut = fit_prompts(tokenizer, prep.items, prep.pool, prep.spec, cfg.eval.max_len)
     assert set(used) == {5} and cut == 0
