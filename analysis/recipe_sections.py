@@ -108,6 +108,83 @@ def case_studies(sweep: Sweep, baselines: list[Sweep], set_name: str, n: int = 6
     return pd.DataFrame([{k: v for k, v in r.items() if k != "_differ"} for r in rows[:n]])
 
 
+def pool_picks(sweep: Sweep) -> dict[str, list[str]]:
+    """Strategy -> the ids its trials selected (trials/<id>/selected_ids.json), in finishing order. Trials of
+    one strategy with the same picks (another lr, r or curriculum) share one entry; different picks of one
+    strategy (another seed or n) get one each, named after their first trial."""
+    picks: dict[str, list[str]] = {}
+    default = (sweep.config.get("selection") or {}).get("strategy", "?")
+    for tid in sweep.results["trial_id"].astype(str):
+        path = sweep.path / "trials" / tid / "selected_ids.json"
+        if not path.exists():
+            continue
+        ids = [str(i) for i in json.loads(path.read_text(encoding="utf-8"))]
+        name = str(((sweep.trial_configs.get(tid) or {}).get("selection") or {}).get("strategy", default))
+        if not any(v == ids and (k == name or k.startswith(f"{name} (")) for k, v in picks.items()):
+            picks[name if name not in picks else f"{name} ({tid})"] = ids
+    return picks
+
+
+def pool_figure(sweep: Sweep, path: Path) -> tuple[Path | None, dict[str, list[str]]]:
+    """The pool's conversation length against its score (selection/pool_scores.csv, written by the driver),
+    one panel per strategy with its picks highlighted; (figure or None, the picks drawn per panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    table = sweep.path / "selection" / "pool_scores.csv"
+    picks = pool_picks(sweep)
+    if not table.exists() or not picks:
+        return None, {}
+    pool = pd.read_csv(table, dtype={"id": str}).dropna(subset=["score"]).set_index("id")
+    # Pool scores are coarse (half points): a seeded vertical jitter keeps the stacked points visible.
+    y = pool["score"].to_numpy(float) + np.random.default_rng(0).uniform(-0.15, 0.15, len(pool))
+    x = pool["conversation_words"].clip(lower=1).to_numpy(float)
+    cols = min(3, len(picks))
+    rows = -(-len(picks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 4.2 * cols), 3.4 * rows), sharex=True, sharey=True, squeeze=False)
+    drawn = {}
+    for ax, (name, ids) in zip(axes.flat, picks.items(), strict=False):
+        on = pool.index.isin(ids)
+        drawn[name] = [i for i in ids if i in pool.index]
+        ax.scatter(x[~on], y[~on], s=4, color="0.75", alpha=0.5, lw=0, label=f"pool ({len(pool)})")
+        ax.scatter(x[on], y[on], s=9, color="C3", alpha=0.9, lw=0, label=f"picked ({on.sum()})")
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(picks):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("conversation words (log)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("score (jittered ±0.15)")
+    fig.suptitle(f"{sweep.name}: the pool's length and score, each strategy's picks", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, drawn
+
+
+def pool_section(sweep: Sweep, out_dir: Path) -> list[str]:
+    """Markdown lines: the pool scatter and, per strategy, how many picks and their mean length and score."""
+    fig, drawn = pool_figure(sweep, out_dir / "figures" / "recipe_pool_length_score.png")
+    if fig is None:
+        return ["No pool scores (selection/pool_scores.csv) or no trial's selected_ids.json were found."]
+    pool = pd.read_csv(sweep.path / "selection" / "pool_scores.csv", dtype={"id": str}).set_index("id")
+    rows = [{"strategy": k, "picked": len(ids), "mean conversation words": _fmt(pool.loc[ids, "conversation_words"]
+                                                                                  .mean()),
+             "mean score": _fmt(pool.loc[ids, "score"].mean())} for k, ids in drawn.items()]
+    rows.append({"strategy": "whole pool", "picked": len(pool),
+                 "mean conversation words": _fmt(pool["conversation_words"].mean()),
+                 "mean score": _fmt(pool["score"].mean())})
+    return [f"![pool length against score, picks per strategy](figures/{fig.name})", "",
+            pd.DataFrame(rows).to_markdown(index=False)]
+
+
 def _words(text: object) -> int:
     return len(str(text or "").split())
 
@@ -201,6 +278,11 @@ def add_sections(out_dir: Path, run_dir: Path, baseline_dirs: list[Path], *, cur
                   f"Questions of {case_set} where the models disagree first; each column is the letter that model "
                   "chose, `reference` the answer key.", "",
                   cases.to_markdown(index=False) if len(cases) else f"No predictions of {case_set} were found."]
+    if (run_dir / "selection" / "pool_scores.csv").exists():
+        titles.append("The pool: length against score")
+        lines += ["", f"## {titles[-1]}", "", "Every pool example's conversation length against its score (what "
+                  "the score strategy ranks by), with the examples each selection strategy picked.", "",
+                  *pool_section(sweep, out_dir)]
     if length_control:
         titles.append("Answer length and the judge")
         lines += ["", f"## {titles[-1]}", "", *length_section(sweep)]

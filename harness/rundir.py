@@ -174,8 +174,35 @@ def open_run_dir(cfg: SweepConfig, store: Storage, resume: bool, argv: list[str]
     meta = {**run_metadata(argv), "metric_directions": cfg.directions()}
     doc = redact_obj({**cfg.model_dump(mode="json"), **meta})
     atomic_write_text(cfg.run_dir / "sweep.yaml", yaml.safe_dump(doc, sort_keys=False))
+    write_pool_scores(cfg)
     store.push()
     return False
+
+
+def write_pool_scores(cfg: SweepConfig) -> Path | None:
+    """selection/pool_scores.csv: every pool example's id, lengths and score (POOL_COLUMNS), so the report
+    can draw the pool's length/score plane with each trial's selected_ids.json on it (analysis reads files
+    only). Written for a training sweep whose pool carries scores; the pool of the base config (a searched
+    data.* changes it per trial)."""
+    import csv
+    import io
+
+    from trainables.data.pipeline import split_pool
+    from trainables.data.selection.common import POOL_COLUMNS, pool_rows
+    from trainables.paths import atomic_write_text
+
+    if cfg.eval.only:
+        return None
+    pool = split_pool(cfg.data)[0]
+    if all(e.score is None for e in pool):
+        return None
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=POOL_COLUMNS)
+    writer.writeheader()
+    writer.writerows(pool_rows(pool))
+    path = cfg.run_dir / "selection" / "pool_scores.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
 
 
 def resume_hint(argv: list[str]) -> str:

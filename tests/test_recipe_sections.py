@@ -4,6 +4,7 @@ separates "this trial writes longer answers" from "this trial's answers are bett
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -42,3 +43,66 @@ def test_without_references_lengths_are_compared_per_question():
 def test_perplexity_objective_brings_its_token_weighted_companion():
     assert companions("ppl_mean_public_test") == ["ppl_mean_public_test", "ppl_public_test"]
     assert companions("mcq_law_acc") == ["mcq_law_acc"]
+
+
+def _pool_run(tmp_path, trials: dict[str, tuple[str, list[str]]]):
+    """A finished sweep's files as the driver and trials write them: results.csv, sweep.yaml, each trial's
+    config.json and selected_ids.json, and selection/pool_scores.csv (30 examples)."""
+    import yaml
+
+    run = tmp_path / "run"
+    (run / "selection").mkdir(parents=True)
+    pd.DataFrame({"id": [f"ex{i}" for i in range(30)], "conversation_words": [10 + 7 * i for i in range(30)],
+                  "response_words": [5 + 3 * i for i in range(30)], "score": [3.5 + (i % 4) / 2 for i in range(30)]}
+                 ).to_csv(run / "selection" / "pool_scores.csv", index=False)
+    (run / "sweep.yaml").write_text(yaml.safe_dump({"name": "pooltest", "selection": {"strategy": "random"},
+                                                    "search": {"metric": "judge_score", "mode": "max"}}))
+    pd.DataFrame({"trial_id": list(trials), "judge_score": [5.0] * len(trials)}).to_csv(run / "results.csv",
+                                                                                          index=False)
+    for tid, (strategy, ids) in trials.items():
+        (run / "trials" / tid).mkdir(parents=True)
+        (run / "trials" / tid / "config.json").write_text(json.dumps({"selection": {"strategy": strategy}}))
+        (run / "trials" / tid / "selected_ids.json").write_text(json.dumps(ids))
+    return run
+
+
+def test_pool_figure_draws_each_strategys_selected_ids(tmp_path):
+    from analysis.load import load_sweep
+    from analysis.recipe_sections import add_sections, pool_figure
+
+    longest = [f"ex{i}" for i in range(29, 19, -1)]
+    score = ["ex3", "ex7", "ex11", "ex15"]
+    run = _pool_run(tmp_path, {"t1": ("score", score), "t2": ("longest", longest),
+                               "t3": ("score", score),                # same picks, another lr: one panel
+                               "t4": ("score", ["ex3", "ex7"])})      # another n: a panel of its own
+    fig, drawn = pool_figure(load_sweep(run), tmp_path / "fig.png")
+    assert fig is not None and fig.stat().st_size > 5000
+    assert drawn == {"score": score, "longest": longest, "score (t4)": ["ex3", "ex7"]}
+    out = tmp_path / "report"
+    titles = add_sections(out, run, [])
+    assert titles == ["The pool: length against score"]
+    report = (out / "report.md").read_text()
+    assert "figures/recipe_pool_length_score.png" in report and (out / "figures/recipe_pool_length_score.png").exists()
+    # the table's means are the picks' own: longest's 10 picks average conversation words of ex20..ex29
+    assert f"| longest | 10 | {sum(10 + 7 * i for i in range(20, 30)) / 10:.4g} |" in re.sub(" +", " ", report)
+
+
+def test_driver_writes_the_pool_scores_of_a_scored_pool_only(tmp_path):
+    import csv
+
+    from harness.config import load_sweep
+    from harness.rundir import write_pool_scores
+    from trainables.data.pipeline import split_pool
+    from trainables.data.selection.common import text_lengths
+
+    cfg, _ = load_sweep("sweeps/recipes/instruct_judge.yaml", [f"output.dir={tmp_path}"])
+    path = write_pool_scores(cfg)
+    assert path == cfg.run_dir / "selection" / "pool_scores.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    pool = split_pool(cfg.data)[0]
+    assert [r["id"] for r in rows] == [e.id for e in pool]
+    assert [float(r["score"]) for r in rows] == [e.score for e in pool]
+    assert [int(r["conversation_words"]) for r in rows] == text_lengths(pool, "conversation")
+    medical, _ = load_sweep("sweeps/recipes/domain_medical.yaml", [f"output.dir={tmp_path}"])
+    assert write_pool_scores(medical) is None  # MedQuAD has no scores: nothing to plot

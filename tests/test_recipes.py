@@ -4,10 +4,12 @@ model and data: baselines, the sweep, one report with the recipe's sections, the
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, read_csv, sweep_env
 
 
@@ -17,6 +19,7 @@ def _recipe(recipe: str, tmp_path: Path, *overrides: str) -> subprocess.Complete
     return subprocess.run(cmd, cwd=REPO, env=sweep_env(), capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_classical_zh_recipe_tiny(tmp_path):
     r = _recipe("classical_zh", tmp_path, "selection.n=16", "train.evals_per_epoch=2", "eval.perplexity_limit=4",
                 "eval.generate.limit=3", "eval.generate.max_new_tokens=8", "wandb.enabled=false",
@@ -42,6 +45,7 @@ def test_classical_zh_recipe_tiny(tmp_path):
     assert sum("ppl_mean_public_test" in h for h in hist) == 2
 
 
+@pytest.mark.slow
 def test_domain_law_recipe_tiny(tmp_path):
     r = _recipe("domain_law", tmp_path, "selection.n=16", "train.evals_per_epoch=1", "eval.mcq.law.n_per_subject=2",
                 "wandb.enabled=false", "search.space={train.lr: {grid: [2.0e-3]}}")
@@ -61,6 +65,7 @@ def test_domain_law_recipe_tiny(tmp_path):
     assert sum(line.startswith("| ") for line in cases.splitlines()) == 1 + 6  # header + the 6 questions
 
 
+@pytest.mark.slow
 def test_instruct_judge_recipe_tiny_with_served_judge(tmp_path):
     import yaml
 
@@ -82,9 +87,39 @@ def test_instruct_judge_recipe_tiny_with_served_judge(tmp_path):
     assert "## Baselines and the best trial" in report and "## Deliverable" in report
     assert "## Answer length and the judge" in report and "length-controlled score" in report
     assert "base model, 0-shot" in report and "LoRA, best trial" in report
+    # the course's hint: the pool's length/score plane with the 16 examples the trial picked on it
+    assert (run / "selection" / "pool_scores.csv").exists() and "## The pool: length against score" in report
+    assert (run / "report" / "figures" / "recipe_pool_length_score.png").stat().st_size > 5000
+    assert re.search(r"\| longest\s+\|\s+16 \|", report), report.split("## The pool", 1)[1][:600]
     # the second step, decoding on the best adapter without retraining, accepts that adapter
     best = yaml.safe_load((run / "best.yaml").read_text())["trial_id"]
     dry = subprocess.run([sys.executable, "-m", "harness.sweep", "sweeps/recipes/instruct_decoding.yaml", "--dry-run",
                           f"eval.adapter={run / 'trials' / best / 'adapter'}", f"output.dir={tmp_path}"],
                          cwd=REPO, env=sweep_env(), capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "6 trials" in dry.stdout, dry.stdout[-2000:] + dry.stderr[-2000:]
+
+
+def test_domain_medical_recipe_validates_and_its_5_shot_baseline_fits(tokenizer):
+    """The medical recipe is the law recipe's plumbing on MMLU's layout (0-based index answers, one CSV per
+    subject): checked here without running it, the sweep and its baseline variant pass the driver's MCQ
+    checks, and every scored question really gets 5 solved exemplars from the dev files at eval.max_len."""
+    from harness.config import load_sweep
+    from harness.preflight import eval_input_problems
+    from harness.recipe import baseline_overrides, header
+    from trainables.evaluate.mcq import fit_prompts
+    from trainables.evaluate.mcq_data import prepare
+
+    recipe = REPO / "sweeps/recipes/domain_medical.yaml"
+    head = header(recipe)
+    assert head == {"baseline-shots": "0, 5", "case-studies": "mcq_med"}
+    cfg, _ = load_sweep(str(recipe), [])
+    base, _ = load_sweep(str(recipe), baseline_overrides(cfg.name, head["baseline-shots"]))
+    assert cfg.search.metric == "mcq_med_acc" and base.eval.only
+    assert eval_input_problems(cfg) == [] and eval_input_problems(base) == []
+    spec, = cfg.eval.mcq_sets()
+    prep = prepare(spec.model_copy(update={"shots": 5}))
+    assert prep.problems == [] and prep.shots_source == "dev mcq/mmlu/dev"
+    assert len(prep.items) == 20 and len({it.subject for it in prep.items}) == 5
+    assert {len(it.choices) for it in prep.items} == {4} and {it.answer for it in prep.items} <= {0, 1, 2, 3}
+    _, used, cut = fit_prompts(tokenizer, prep.items, prep.pool, prep.spec, cfg.eval.max_len)
+    assert set(used) == {5} and cut == 0

@@ -43,3 +43,14 @@ def normalized(values: Sequence[float], how: str) -> np.ndarray:
 
         return (rankdata(v) - 1) / (len(v) - 1) if len(v) > 1 and v.std() > 0 else np.zeros_like(v)
     raise ValueError(f"unknown normalisation {how!r}")
+
+
+POOL_COLUMNS = ("id", "conversation_words", "response_words", "score")
+
+
+def pool_rows(pool: list[Example]) -> list[dict[str, object]]:
+    """Each pool example's id, its lengths as the length strategies measure them (words; CJK: characters) and
+    the score the score strategy ranks by ('' without one): the rows of a run's selection/pool_scores.csv."""
+    conversation, response = text_lengths(pool, "conversation"), text_lengths(pool, "response")
+    return [{"id": e.id, "conversation_words": int(c), "response_words": int(r),
+             "score": "" if e.score is None else e.score} for e, c, r in zip(pool, conversation, response, strict=True)]
