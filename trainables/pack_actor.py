@@ -33,7 +33,7 @@ def base_key(cfg: SweepConfig) -> str:
     """What fixes the base computation: trials with the same key may share a pack, others never."""
     tc = cfg.train
     fixed = {"model": cfg.model.model_dump(), "bf16": tc.bf16, "device": tc.device, "max_seq_len": tc.max_seq_len,
-             "packing": tc.packing, "clip": tc.max_grad_norm, "checkpointing": tc.gradient_checkpointing, "target": cfg.lora.target_modules, "template": cfg.data.prompt_template, "resources": cfg.resources.model_dump()}
+             "packing": tc.packing, "checkpointing": tc.gradient_checkpointing, "target": cfg.lora.target_modules, "template": cfg.data.prompt_template, "resources": cfg.resources.model_dump()}
     return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -63,6 +63,10 @@ class MemberView:
     def __call__(self, **inputs: Any) -> Any:
         with self.packed.routed([(self.member_id, int(inputs["input_ids"].shape[0]))]):
             return self.model(**inputs)
+
+    def get_base_model(self) -> Any:
+        """The transformers model (as peft's: batching asks it whether it takes logits_to_keep)."""
+        return self.model
 
     def train(self, mode: bool = True) -> MemberView:
         self.model.train(mode)
@@ -103,7 +107,9 @@ class PackActor:
 
     def __init__(self, pack_id: str, capacity: int):
         self.pack_id, self.capacity = pack_id, capacity
-        self.lock, self.wake = threading.Lock(), threading.Event()
+        self.lock, self.wake = threading.Lock(), threading.Event()  # lock: rounds and set-ups
+        self.slots = threading.Lock()  # reserved / gone / empty_since: joins and leaves never wait for a round
+        self.gone: set[str] = set()  # left, still to be dropped by the training thread
         self.m: Any = None  # trainables.trial.Model, loaded by the first member
         self.packed: Any = None
         self.members: dict[str, Member] = {}
@@ -118,19 +124,19 @@ class PackActor:
              tokens: tuple[str, dict], saved: dict[str, Any] | None) -> str:
         """"joined", or "full" (the trial tries the next pack). The member is set up here (the trial's recipe
         steps), its reports then come from next_report."""
-        with self.lock:
+        with self.slots:
             if len(self.reserved) >= self.capacity or self.empty_since is None:
                 return "full"
             self.reserved.add(trial_id)
+            self.gone.discard(trial_id)  # a retried trial joining the pack it left
             self.queues[trial_id] = queue.Queue()
         try:
             with self.lock:
+                self._drop_gone()  # a retry of a trial that left: its old member first
                 self._set_up(trial_id, trial_config(base, params), storage, tokens, saved)
         except BaseException as e:  # noqa: BLE001 - the trial raises it (next_report)
             with self.lock:
-                self.members.pop(trial_id, None)
-                if self.packed is not None and trial_id in self.packed.members():
-                    self.packed.remove(trial_id)
+                self._drop(trial_id)
             self.queues[trial_id].put(("error", e, None))
         self.wake.set()
         return "joined"
@@ -140,13 +146,11 @@ class PackActor:
         return self.queues[trial_id].get()
 
     def leave(self, trial_id: str) -> None:
-        """The trial ended (finished, stopped by the scheduler, failed): its slot is free for the next."""
-        with self.lock:
-            if trial_id in self.members:
-                self.packed.remove(trial_id)
-                del self.members[trial_id]
+        """The trial ended (finished, stopped by the scheduler, failed): its slot is free for the next at once;
+        the training thread drops the member before its next round (a trial never waits for a round)."""
+        with self.slots:
+            self.gone.add(trial_id)
             self.reserved.discard(trial_id)
-            self.queues.pop(trial_id, None)
             if not self.reserved:
                 self.empty_since = time.monotonic()
         self.wake.set()
@@ -181,7 +185,18 @@ class PackActor:
                   "setup_seconds": time.perf_counter() - t0, **self.m.load_times, **resumed}
         self.members[trial_id] = Member(opened, data, adapter, state, static, self.queues[trial_id],
                                         torch.zeros((), device=self.m.device))
-        self.empty_since = 0.0
+
+    def _drop(self, trial_id: str) -> None:
+        """The member out of the pack (its LoRA weights and optimizer freed). Under `lock`."""
+        self.members.pop(trial_id, None)
+        if self.packed is not None and trial_id in self.packed.members():
+            self.packed.remove(trial_id)
+
+    def _drop_gone(self) -> None:
+        with self.slots:
+            gone, self.gone = self.gone, set()
+        for trial_id in gone:
+            self._drop(trial_id)
 
     def _set_up_adapter(self, trial_id: str, cfg: SweepConfig, data: Any) -> Any:
         from transformers import get_scheduler
@@ -217,9 +232,15 @@ class PackActor:
         while True:
             self.wake.wait(timeout=1.0)
             self.wake.clear()
-            while self._round():
-                pass
-            with self.lock:
+            try:
+                while self._round():
+                    pass
+            except BaseException as e:  # noqa: BLE001 - a round that fails fails every member in it, not silently
+                with self.lock:
+                    for tid, mb in list(self.members.items()):
+                        self._drop(tid)
+                        mb.reports.put(("error", e, None))
+            with self.slots:
                 idle = not self.reserved and time.monotonic() - self.empty_since > IDLE_EXIT_S
                 if idle:
                     self.empty_since = None  # joins now answer "full": a new pack is made
@@ -233,6 +254,7 @@ class PackActor:
         from trainables.pack import packed_train_step
 
         with self.lock:
+            self._drop_gone()
             ready = {tid: mb for tid, mb in self.members.items() if not mb.finished and not mb.blocked()}
             if not ready:
                 return False
@@ -243,7 +265,7 @@ class PackActor:
             losses = packed_train_step(self.packed, self.m.model, steps, self.m.autocast,
                                        {t: mb.adapter.optimizer for t, mb in ready.items()},
                                        {t: mb.adapter.scheduler for t, mb in ready.items()},
-                                       next(iter(ready.values())).trial.cfg.train.max_grad_norm, n_labels)
+                                       {t: mb.trial.cfg.train.max_grad_norm for t, mb in ready.items()}, n_labels)
             for tid, mb in ready.items():
                 self._stepped(tid, mb, steps[tid], losses[tid], n_labels[tid])
         return True
@@ -265,8 +287,7 @@ class PackActor:
             recipe.report(mb.trial, self.m, mb.data, mb.adapter, mb.state,
                           {**mb.static, "train_loss": float(mb.window_loss) / max(mb.window_tokens, 1)})
         except Exception as e:  # noqa: BLE001 - this member fails alone (a NaN loss); the pack goes on
-            self.packed.remove(tid)
-            del self.members[tid]
+            self._drop(tid)
             mb.reports.put(("error", e, None))
             return
         mb.adapter.model.train()

@@ -11,6 +11,7 @@ pending trial can take its place.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -28,12 +29,13 @@ def pack_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     """Ray Tune's entry point with resources.pack > 1 (harness/tuner.py make_trainable)."""
     from ray import tune
 
-    from trainables.distributed import Session, _load_state
+    from trainables.distributed import REUSE_WAIT_S, Session, _load_state
     from trainables.pack_actor import base_key
     from trainables.paths import trial_ended
     from trainables.schema import trial_config
     from trainables.storage import Storage
 
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))  # as distributed.trial_process
     cfg = trial_config(base, params)
     session = Session(tune.get_context().get_trial_id())
     saved = _load_state(tune.get_checkpoint())
