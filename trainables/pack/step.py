@@ -2,11 +2,15 @@
 the base per round.
 
 Round j of a step puts micro-batch j of every member that still has one (members differ in batch size and
-gradient accumulation) into one batch: each member's rows as they are, right-padded to the round's longest
-row (labels of padding ignored). A padded micro-batch keeps its attention mask; a packed one (train.packing:
-examples concatenated in a row, position ids restarting per example) gets padding whose position ids start
-again at 0, so the padding is one more "example" that no real token attends to. Either way each row's logits
-are what they are alone, and the members' token-loss sums are sliced from the shared logits by rows.
+gradient accumulation) into one batch whose rows each belong to one member (the rows never see each other,
+so a member's gradients come from its own rows only and its NaN stays in them). Padded micro-batches
+(train.packing off) keep their rows and attention masks, right-padded to the round's longest row. Packed
+ones (train.packing: examples in a row, position ids restarting per example) are cut into their examples
+and refilled, per member, into rows as long as the round's longest example (first fit, longest first),
+so members with more or longer examples do not pad the others' rows; the padding at a row's end gets
+position ids starting again at 0, i.e. one more "example" that no real token attends to. This relies on
+transformers building the per-example mask from each row's position ids (sdpa / eager attention, as
+`packing_isolates` checks for the single trial). Either way each example's logits are what they are alone.
 
 The normalisation is train_step's: member i's loss is its summed response-token loss over the step divided
 by its own n_labels (response tokens of the whole step), so a packed member's gradients equal the ones it
