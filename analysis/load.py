@@ -187,7 +187,8 @@ def _status_column(df: pd.DataFrame) -> pd.Series:
 
 
 def read_results(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"trial_id": str, "node_id": str})  # ids are text, even "4e095_00000"
+    df = pd.read_csv(path, dtype={"trial_id": str, "node_id": str, "pack_id": str,
+                                   "packed_with": str})  # ids are text, even "4e095_00000"
     df["status"] = _status_column(df)
     df["stopped_early"] = df["status"] == "EARLY_STOPPED"
     for col in df.columns:

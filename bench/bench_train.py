@@ -9,6 +9,7 @@ load, time to the best configuration, and scaling. One run, one machine, ratios 
     python bench/bench_train.py --only sweep --sweep-fresh     # overhead, reused vs fresh trial processes
     python bench/bench_train.py --only sweep --sweep-trials-per-slot 2   # shorter sweeps (fixed costs weigh more)
     python bench/bench_train.py --only throughput --steps 8     # one section, quicker
+    python bench/bench_train.py --only packed                  # 8 trials: pack 4 x 2 vs 8 / 2 unpacked at once
 
 Every runner trains the same LoRA (r 8, alpha 16, dropout 0.05, all-linear, the same seeded init) on
 the same real Alpaca rows, tokenized once by the trainable's own `encode` (chat template, prompt
@@ -420,6 +421,54 @@ def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False, per_slot
     return out
 
 
+def packed_sweeps(tmp: Path, n_examples: int) -> list[dict[str, Any]]:
+    """8 trials of a lora_rank-like space (r x lr), all at once both ways: `pack: 4` in 2 pack workers of 1 CPU
+    vs 8 unpacked trials of 0.25 CPU each; and today's default, 2 unpacked trials of 1 CPU at a time. Wall
+    time, and the sum over worker processes of each one's peak RSS (a pack's members report their pack
+    worker's; a reused worker's trials their own). Not counted: a packed trial's own process, which only relays
+    its pack's reports to Tune."""
+    space = json.dumps({"lora.r": {"grid": [4, 8, 16, 32]}, "train.lr": {"grid": [3e-4, 1e-3]}})
+    common = ["sweeps/smoke.yaml", "search.algorithm=grid", "search.num_samples=1", f"search.space={space}",
+              f"selection.n={n_examples}", "data.eval_size=8", "train.max_seq_len=128", "train.evals_per_epoch=2",
+              "scheduler.type=fifo", "wandb.enabled=false", "lora.dropout=0"]
+    arms = [("pack4_x2", ["resources.pack=4", "resources.cpus_per_trial=1", "search.max_concurrent=8"]),
+            ("unpacked_x8", ["resources.cpus_per_trial=0.25", "search.max_concurrent=8"]),
+            ("unpacked_x2", ["resources.cpus_per_trial=1", "search.max_concurrent=2"])]
+    out = []
+    for name, extra in arms:
+        log(f"packed sweeps: {name} ...")
+        r = run_sweep(name, tmp, common[0], common[1:] + extra)
+        peaks: dict[Any, float] = {}  # worker -> its peak: a pack (its members relay its figure), else a process
+        for row in r["rows"]:
+            for entry in r["history"].get(row["trial_id"], []):
+                worker = row.get("pack_id") or entry.get("pid")
+                if worker and "peak_rss_mb" in entry:
+                    peaks[worker] = max(peaks.get(worker, 0.0), float(entry["peak_rss_mb"]))
+        tokens = sum(float(row.get("tokens_seen") or 0) for row in r["rows"])
+        out.append({"arm": name, "trials": len(r["rows"]), "wall_seconds": r["wall"], "workers": len(peaks),
+                    "sum_peak_rss_mb": sum(peaks.values()), "tokens_per_second": tokens / r["wall"],
+                    "eval_loss": {row["trial_id"]: row.get("eval_loss") for row in r["rows"]}})
+        log(f"  {out[-1]}")
+    return out
+
+
+def _print_packed(result: dict[str, Any]) -> None:
+    arms = {r["arm"]: r for r in result.get("packed", [])}
+    if not arms:
+        return
+    print(f"\n{'arm':<14}{'trials':>7}{'wall s':>8}{'workers':>8}{'sum peak RSS MB':>16}{'tokens/s':>9}")
+    for r in arms.values():
+        print(f"{r['arm']:<14}{r['trials']:>7}{r['wall_seconds']:>8.0f}{r['workers']:>8}{r['sum_peak_rss_mb']:>16.0f}"
+              f"{r['tokens_per_second']:>9.1f}")
+    p, u8, u2 = arms.get("pack4_x2"), arms.get("unpacked_x8"), arms.get("unpacked_x2")
+    if p and u8:
+        print(f"pack 4 x 2 vs 8 unpacked: wall {p['wall_seconds'] / u8['wall_seconds']:.2f}x (target <= 1.0), "
+              f"peak memory {p['sum_peak_rss_mb'] / u8['sum_peak_rss_mb']:.2f}x (target <= 0.4)")
+    if p and u2:
+        print(f"pack 4 x 2 vs today's default (2 unpacked at a time): wall {p['wall_seconds'] / u2['wall_seconds']:.2f}x, "
+              f"peak memory {p['sum_peak_rss_mb'] / u2['sum_peak_rss_mb']:.2f}x")
+
+
 def time_to_best(tmp: Path) -> dict[str, Any]:
     """A lora_rank-like space (rank x lr): full grid vs Optuna TPE + ASHA; compute (training tokens of
     every trial so far) until some report is within 1% of the grid's best eval_loss."""
@@ -537,6 +586,7 @@ def print_table(result: dict[str, Any]) -> None:
     _print_sweep_overhead(result)
     _print_time_to_best(result)
     _print_scaling(result)
+    _print_packed(result)
 
 
 def _print_throughput(result: dict[str, Any]) -> None:
@@ -616,7 +666,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a trial uses resources.cpus_per_trial, "
                                                             "1 in the shipped sweeps)")
     ap.add_argument("--repeats", type=int, default=1, help="run every runner this often, in alternating order")
-    ap.add_argument("--only", default="", help="comma list of sections (load, throughput, sweep, scaling, ttb) "
+    ap.add_argument("--only", default="", help="comma list of sections (load, throughput, sweep, scaling, ttb, packed) "
                                                "or runner name parts (e.g. 'ours,trl SFTTrainer')")
     ap.add_argument("--sweep-examples", type=int, default=100, help="examples per trial of the overhead sweeps "
                                                                     "(100 ~ a lora_rank trial; 16 shows fixed costs)")
@@ -625,6 +675,8 @@ def main() -> None:
     ap.add_argument("--sweep-concurrency", default="1,2", help="comma list of concurrencies (default 1,2)")
     ap.add_argument("--sweep-fresh", action="store_true", help="also run the overhead sweeps with a fresh "
                                                                  "process per trial (ray.reuse_workers=false)")
+    ap.add_argument("--pack-examples", type=int, default=100, help="examples per trial of the packed-sweep "
+                                                                    "comparison (100 ~ a lora_rank trial)")
     ap.add_argument("--scaling", action="store_true", help="training time vs subset size and sequence length")
     ap.add_argument("--time-to-best", action="store_true", help="ASHA+TPE vs grid with real sweeps (slow)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile runner")
@@ -632,9 +684,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"), help="directory of the result JSON")
     args = ap.parse_args()
     only = {o.strip() for o in args.only.split(",") if o.strip()}
-    sections = {"load", "throughput", "sweep", "scaling", "ttb"} & only or \
+    ap_sections = {"load", "throughput", "sweep", "scaling", "ttb", "packed"}
+    sections = ap_sections & only or \
         {"load", "throughput", "sweep"} | ({"scaling"} if args.scaling else set()) | ({"ttb"} if args.time_to_best else set())
-    runner_filter = only - {"load", "throughput", "sweep", "scaling", "ttb"} or None
+    runner_filter = only - ap_sections or None
 
     import transformers
 
@@ -681,6 +734,8 @@ def main() -> None:
                 tuple(int(c) for c in args.sweep_concurrency.split(","))))
         if "ttb" in sections:
             section("time_to_best", lambda: time_to_best(Path(tmp)))
+        if "packed" in sections:
+            section("packed", lambda: packed_sweeps(Path(tmp), args.pack_examples))
     if "scaling" in sections:
         section("scaling", lambda: scaling(s))
     print_table(result)

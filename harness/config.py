@@ -328,6 +328,9 @@ def resource_problems(r: ResourcesConfig, ray_address: str) -> list[str]:
     if r.workers_per_trial == 1 and r.gpus_per_trial > 1:
         problems.append(f"resources.gpus_per_trial: one worker trains on one GPU (got {r.gpus_per_trial:g}); set "
                         f"resources.workers_per_trial: {math.ceil(r.gpus_per_trial)} for data-parallel training")
+    if r.pack > 1 and r.workers_per_trial > 1:
+        problems.append(f"resources.pack: packed trials train in one process, not data-parallel (workers_per_trial: "
+                        f"{r.workers_per_trial}); set resources.pack: 1 or resources.workers_per_trial: 1")
     per_worker = r.gpus_per_trial / r.workers_per_trial
     if r.workers_per_trial > 1 and r.gpus_per_trial and not per_worker.is_integer():
         problems.append(f"resources.gpus_per_trial: {r.gpus_per_trial:g} GPUs over {r.workers_per_trial} workers is "
@@ -349,6 +352,30 @@ def resource_problems(r: ResourcesConfig, ray_address: str) -> list[str]:
         if gpus < math.ceil(r.gpus_per_trial):
             problems.append(f"resources.gpus_per_trial: GPUs requested ({r.gpus_per_trial:g} per trial) but this "
                             f"machine has {gpus or 'none'}; set it to 0, or run on a cluster with --address")
+    return problems
+
+
+def pack_problems(cfg: SweepConfig) -> list[str]:
+    """What packed trials (resources.pack > 1, trainables/pack_actor.py) cannot do yet: one line each."""
+    if cfg.resources.pack == 1:
+        return []
+    from trainables.evaluate import EVALUATORS
+
+    fix = "set resources.pack: 1"
+    problems = []
+    if "resources.pack" in cfg.search.space:
+        problems.append(f"search.space: resources.pack cannot be searched (it decides how every trial runs); {fix} "
+                        "or a fixed value")
+    if cfg.eval.only:
+        problems.append(f"resources.pack: eval.only trials train nothing to pack; {fix}")
+    ends = [n for n in EVALUATORS.names_in_order() if EVALUATORS.get(n).enabled(cfg.eval)] + (["perplexity_every_report"] if cfg.eval.perplexity_every_report
+                                                    else [])
+    if ends:  # they run the model outside a routed forward (generate, lm-eval): a packed model would be wrong
+        problems.append(f"resources.pack: packed trials report held-out loss only; eval {', '.join(ends)} needs "
+                        f"its own model; {fix}")
+    if cfg.train.compile:
+        problems.append(f"resources.pack: train.compile is not supported in packed trials; {fix} or "
+                        "train.compile: false")
     return problems
 
 
@@ -416,7 +443,7 @@ def cross_checks(cfg: SweepConfig, raw: dict) -> list[str]:
         problems.append(f"scheduler.grace_period: {cfg.scheduler.type} needs more reports than grace_period "
                         f"({cfg.reports_per_trial} = train.epochs x train.evals_per_epoch); raise evals_per_epoch "
                         "or use scheduler.type: fifo")
-    problems += resource_problems(cfg.resources, cfg.ray_address) + device_problems(cfg)
+    problems += resource_problems(cfg.resources, cfg.ray_address) + device_problems(cfg) + pack_problems(cfg)
     problems += judge_key_problems(cfg.eval, "eval.judge.enabled" in cfg.search.space)
     problems += wandb_key_problems(cfg.wandb)
     cur = cfg.curriculum

@@ -57,6 +57,7 @@ class TrialState:
     best: float | None = None
     tokens_per_second: float | None = None
     node: str = ""
+    pack: str = ""  # resources.pack > 1: the pack actor it trains in (trials sharing one base model)
     error: str = ""
     history: list[float] = field(default_factory=list)
 
@@ -106,7 +107,9 @@ class SweepDisplay(Callback):
         tps = result.get("tokens_per_second")
         t.tokens_per_second = float(tps) if isinstance(tps, (int, float)) else t.tokens_per_second
         t.node = str(result.get("node") or result.get("node_ip") or t.node)
+        t.pack = str(result.get("pack_id") or t.pack)
         where = f" on {t.node}" if t.node else ""  # which machine ran it: a cluster's trials spread out
+        where += f" in pack {t.pack}" if t.pack else ""
         self._event(t, f"report {t.report}/{self.reports_per_trial}: {self._values(t)}{where}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -203,7 +206,9 @@ class SweepDisplay(Callback):
 
         now = now or time.time()
         table = Table(title=self.progress(now), title_justify="left", expand=False)
-        for col in ["trial", "status", *self.searched, "report", self.metric, "best", "tok/s", "node", "elapsed"]:
+        packs = ["pack"] if any(t.pack for t in self.trials.values()) else []  # which trials share a worker
+        for col in ["trial", "status", *self.searched, "report", self.metric, "best", "tok/s", "node", *packs,
+                    "elapsed"]:
             table.add_column(col, no_wrap=True)
         style = {"EARLY_STOPPED": "yellow", "ERROR": "red", "TERMINATED": "green", "RUNNING": "cyan"}
         for t in self.trials.values():
@@ -211,7 +216,7 @@ class SweepDisplay(Callback):
                           *[_num(t.params.get(p)) for p in self.searched],
                           f"{t.report}/{self.reports_per_trial}", _num(t.objective), _num(t.best),
                           f"{t.tokens_per_second:.0f}" if t.tokens_per_second is not None else "", t.node,
-                          duration(t.elapsed(now)) if t.started else "")
+                          *([t.pack] if packs else []), duration(t.elapsed(now)) if t.started else "")
         return table
 
     def _refresh(self) -> None:

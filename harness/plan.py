@@ -238,6 +238,9 @@ def print_plan(cfg: SweepConfig, p: dict[str, Any]) -> None:
     where = cfg.storage if cfg.storage == str(cfg.run_dir) else f"{cfg.storage} (local copy {cfg.run_dir})"
     print(f"  resources per trial {p['resources']}, up to {p['concurrent']} at once on {cfg.ray_address} Ray; "
           f"output {where}")
+    if cfg.resources.pack > 1:
+        print(f"  packed: up to {cfg.resources.pack} trials with the same base model share one worker holding these "
+              "resources (resources.pack)")
     print_disk(cfg, p.get("disk_bytes"))
     print(f"  a failing trial is retried {cfg.recovery.max_failures} time(s) from its last checkpoint; "
           f"{cfg.recovery.keep_checkpoints} best checkpoint(s) + the latest kept per trial")

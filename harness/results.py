@@ -94,9 +94,11 @@ def trial_row(trial: Any, searched: list[str], extra_metrics: list[str], reports
     row: dict[str, Any] = {
         "trial_id": trial.trial_id, "status": status, "stopped_early": str(status == "EARLY_STOPPED").lower(),
         "error": error, "node_id": last.get("node_id", ""),
-        "seed": last.get("seed", trial.config.get("train.seed", "")),
-        "error_type": error_type, "failures": _failures(trial),
     }
+    if "pack_id" in last:  # resources.pack > 1: the pack actor that trained it, the trials it trained with
+        row |= {"pack_id": last["pack_id"], "packed_with": last.get("packed_with", "")}
+    row |= {"seed": last.get("seed", trial.config.get("train.seed", "")), "error_type": error_type,
+            "failures": _failures(trial)}
     for path in searched:
         row[f"config/{path}"] = params.get(path, "")
     for key in [*TRAIN_METRICS, *extra_metrics, *COST]:

@@ -18,6 +18,9 @@ from trainables.storage import Storage
 # A data-parallel trial's own process only drives its Ray Train workers (which reserve the CPUs and
 # GPUs); Ray needs some resource in its request, so it asks for a little memory instead of a CPU.
 DRIVER_MEMORY = 256 * 2**20
+# A packed trial only relays its pack actor's reports (the actor holds the CPUs and GPUs, trainables/pack_trial.py):
+# a sliver of a CPU, so that Tune runs resources.pack trials per pack on the CPUs the packs leave.
+PACKED_TRIAL_CPU = 0.01
 
 
 def trial_resources(base: dict[str, Any]) -> Any:
@@ -30,8 +33,12 @@ def trial_resources(base: dict[str, Any]) -> Any:
 
     def request(params: dict[str, Any]) -> Any:
         r = SweepConfig.model_validate(resolve(base, params, space)).resources
-        bundle = ({"CPU": 0, "memory": DRIVER_MEMORY} if r.workers_per_trial > 1
-                  else {"CPU": r.cpus_per_trial, "GPU": r.gpus_per_trial})
+        if r.pack > 1:
+            bundle = {"CPU": PACKED_TRIAL_CPU}
+        elif r.workers_per_trial > 1:
+            bundle = {"CPU": 0, "memory": DRIVER_MEMORY}
+        else:
+            bundle = {"CPU": r.cpus_per_trial, "GPU": r.gpus_per_trial}
         return tune.PlacementGroupFactory([bundle])
 
     return request
@@ -86,14 +93,15 @@ def make_trainable(cfg: SweepConfig, base: dict[str, Any], tokens: dict[str, Any
     from ray import tune
 
     from trainables.eval_trial import eval_trial
+    from trainables.pack_trial import pack_trial
     from trainables.secrets import redact
     from trainables.trial import train_trial
 
     if cfg.eval.only:  # baselines, decoding sweeps: nothing to train on
         trial_fn = tune.with_parameters(eval_trial, base=base, storage=cfg.storage)
-    else:
-        trial_fn = tune.with_parameters(train_trial, base=base, storage=cfg.storage,
-                                        tokens=(redact(cfg.model.name), tokens))
+    else:  # resources.pack > 1: trials served by pack actors (the same for every trial: cross_checks)
+        trial_fn = tune.with_parameters(pack_trial if cfg.resources.pack > 1 else train_trial, base=base,
+                                        storage=cfg.storage, tokens=(redact(cfg.model.name), tokens))
     return tune.with_resources(trial_fn, trial_resources(base))
 
 

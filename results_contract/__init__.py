@@ -14,5 +14,6 @@ TRAIN_METRICS: dict[str, str] = {
 HELDOUT_METRICS = ("eval_loss", "best_eval_loss", "eval_perplexity")  # what an eval-only trial scores on request
 
 # results.csv: first these columns, then config/<path> per searched path, the metrics, then COST, then the rest.
-LEAD = ("trial_id", "status", "stopped_early", "error", "node_id", "seed", "error_type", "failures")
+LEAD = ("trial_id", "status", "stopped_early", "error", "node_id", "pack_id", "packed_with", "seed", "error_type",
+        "failures")
 COST = ("train_seconds", "tokens_seen", "train_tokens", "n_examples", "trainable_params", "tokens_per_second")

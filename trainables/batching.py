@@ -123,7 +123,7 @@ def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
     return 1 - real / max(computed, 1)
 
 
-def _kept_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
+def kept_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     """Logits only at `batch.keep` (transformers' logits_to_keep, so model-specific scaling /
     soft-capping of the head still applies), as float32 (rows, len(keep), vocab)."""
     with autocast():
@@ -136,7 +136,7 @@ def _kept_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
 
 def token_loss_sum(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     """Summed cross-entropy over response tokens (the model's own loss is a per-batch mean)."""
-    logits = _kept_logits(model, batch, autocast)
+    logits = kept_logits(model, batch, autocast)
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
@@ -144,7 +144,7 @@ def token_loss_sum(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
 
 def token_losses(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     """Cross-entropy of every kept position, shaped like batch.targets (0 where the target is IGNORE)."""
-    logits = _kept_logits(model, batch, autocast)
+    logits = kept_logits(model, batch, autocast)
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view_as(batch.targets)

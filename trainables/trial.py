@@ -141,6 +141,7 @@ class Adapter:
     params: list[torch.Tensor]
     optimizer: Any
     scheduler: Any
+    weights: Callable[[], dict[str, Any]] | None = None  # the LoRA weights, peft-named; None: the peft model's
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -308,7 +309,7 @@ def snapshot(state: TrainState, m: Model, adapter: Adapter) -> TrainState:
     from peft.utils import get_peft_model_state_dict
 
     return dataclasses.replace(
-        state, adapter=get_peft_model_state_dict(adapter.model), optimizer=adapter.optimizer.state_dict(),
+        state, adapter=adapter.weights() if adapter.weights else get_peft_model_state_dict(adapter.model), optimizer=adapter.optimizer.state_dict(),
         scheduler=adapter.scheduler.state_dict(), scaler=m.scaler.state_dict() if m.scaler else None,
         rng=torch.get_rng_state())
 

@@ -133,6 +133,8 @@ class ResourcesConfig(Strict):
     cpus_per_trial: float = Field(1, gt=0, description="torch threads = CPUs per worker (at least 1)")
     gpus_per_trial: float = Field(0, ge=0, description="fractions share a GPU (each process capped to its share)")
     workers_per_trial: int = Field(1, ge=1, description="data-parallel workers (Ray Train TorchTrainer + DDP)")
+    pack: int = Field(1, ge=1, description="trials sharing one base model in one worker (a pack actor holding "
+                                           "these resources); 1: every trial its own model")
 
 
 class RayConfig(Strict):

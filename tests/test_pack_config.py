@@ -1,0 +1,81 @@
+"""resources.pack (packed trials, docs/DESIGN.md "Packed trials"): what is refused before launch, the pack
+columns of results.csv, the pack shown per trial, the base key that keeps different bases apart. Fast: no
+model, no Ray (the packed sweeps themselves: tests/test_pack_sweep.py)."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+
+from harness.display import SweepDisplay
+from harness.results import trial_row
+from harness.sweep import main
+from results_contract import LEAD
+from trainables.pack_actor import base_key
+from trainables.schema import trial_config
+
+NO_DDP = ("resources.pack: packed trials train in one process, not data-parallel (workers_per_trial: 2); set "
+          "resources.pack: 1 or resources.workers_per_trial: 1")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["resources.pack=0"], ["resources.pack: Input should be greater than or equal to 1 (got 0)"]),
+    (["resources.pack=2.5"], ["resources.pack: Input should be a valid integer, got a number with a fractional "
+                              "part (got 2.5)"]),
+    (["resources.pack=two"], ["resources.pack: Input should be a valid integer, unable to parse string as an "
+                              "integer (got 'two')"]),
+    (["resources.pack=2", "resources.workers_per_trial=2"], [NO_DDP]),
+    (["resources.pack=3", "train.compile=true"], ["resources.pack: train.compile is not supported in packed "
+                                                  "trials; set resources.pack: 1 or train.compile: false"]),
+], ids=["zero", "fraction", "text", "data-parallel", "compile"])
+def test_a_bad_pack_is_refused_in_one_line_naming_the_field(overrides, expected, tmp_path, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["sweeps/smoke.yaml", f"output.dir={tmp_path}", *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2, err
+    assert err == [f"error: {line}" for line in expected]
+    assert not list(tmp_path.iterdir())
+
+
+def test_configs_that_cannot_share_a_base_get_different_keys():
+    base = {"name": "k", "resources": {"pack": 3}}
+    same = [trial_config(base, p) for p in ({"lora.r": 4, "train.lr": 1e-3}, {"lora.r": 16, "lora.alpha": 3,
+                                                                              "train.seed": 7, "lora.dropout": 0})]
+    assert base_key(same[0]) == base_key(same[1])  # adapter, optimizer and seed are each member's own
+    others = [{"train.max_seq_len": 64}, {"model.quantization": "nf4"}, {"train.bf16": "on"},
+              {"resources.cpus_per_trial": 2}, {"lora.target_modules": ["q_proj"]}]
+    keys = {base_key(trial_config(base, p)) for p in others}
+    assert len(keys) == len(others) and base_key(same[0]) not in keys
+
+
+def test_results_row_has_the_pack_columns_in_the_contracts_order():
+    last = {"pack_id": "0a1b2c3d4e-0", "packed_with": "4e095_00001;4e095_00002", "node_id": "n1", "seed": 0,
+            "step": 4, "total_steps": 4, "eval_loss": 1.5}
+    trial = SimpleNamespace(trial_id="4e095_00000", status="TERMINATED", config={}, last_result=last,
+                            error_file=None, run_metadata=SimpleNamespace(num_failures=0))
+    row = trial_row(trial, [], [], 4)
+    assert [c for c in row if c in LEAD] == list(LEAD)
+    assert (row["pack_id"], row["packed_with"]) == ("0a1b2c3d4e-0", "4e095_00001;4e095_00002")
+    unpacked = trial_row(SimpleNamespace(**{**vars(trial), "last_result": {"node_id": "n1"}}), [], [], 4)
+    assert "pack_id" not in unpacked and "packed_with" not in unpacked  # an unpacked sweep's table is unchanged
+
+
+def test_the_display_shows_which_trials_share_a_pack():
+    from rich.console import Console
+
+    out = io.StringIO()
+    display = SweepDisplay(metric="eval_loss", mode="min", searched=[], reports_per_trial=2, total_trials=2,
+                           live=False, out=out)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={}, status="RUNNING", last_result={}, error_file=None)
+              for i in range(2)]
+    for t in trials:
+        display.on_trial_start(0, trials, t)
+        display.on_trial_result(1, trials, t, {"report": 1, "eval_loss": 2.0, "node": "h", "pack_id": "abc-0"})
+    assert "trial t1 report 1/2: eval_loss 2 (best 2) on h in pack abc-0" in out.getvalue()
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(display.table())
+    header = next(ln for ln in buf.getvalue().splitlines() if "trial" in ln and "status" in ln)
+    assert "pack" in header and sum("abc-0" in ln for ln in buf.getvalue().splitlines()) == 2

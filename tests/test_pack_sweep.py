@@ -1,0 +1,80 @@
+"""Packed trials under real Ray Tune (resources.pack: 3; docs/DESIGN.md "Packed trials"): the embedded
+SmolLM2-135M on 16 Alpaca examples, 4 steps, max_seq_len 64, four trials differing in train.lr, one of them
+diverging (lr 1e37). One packed sweep and the same sweep unpacked, shared by the assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import read_csv, run_sweep
+
+pytestmark = pytest.mark.slow
+
+LRS = [3e-3, 1e-3, 1e-4, 1e37]
+COMMON = ["sweeps/smoke.yaml", "search.algorithm=grid", "search.num_samples=1", "search.max_concurrent=3",
+          f"search.space={json.dumps({'train.lr': {'grid': LRS}})}", "train.max_seq_len=64", "lora.dropout=0",
+          "train.bf16=off", "wandb.enabled=false", "recovery.max_failures=0", "scheduler.grace_period=1",
+          "--no-report"]
+
+
+def _sweep(root: Path, *extra: str) -> dict[float, dict]:
+    proc = run_sweep(*COMMON, f"output.dir={root}", *extra, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = {}
+    for row in read_csv(root / "smoke" / "results.csv"):
+        history = root / "smoke" / "trials" / row["trial_id"] / "metrics.jsonl"
+        reports = [json.loads(ln) for ln in history.read_text().splitlines()] if history.exists() else []
+        out[float(row["config/train.lr"])] = {"row": row, "reports": {h["report"]: h for h in reports},
+                                              "console": proc.stdout}
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> tuple[dict, dict]:
+    root = tmp_path_factory.mktemp("pack")
+    return _sweep(root / "packed", "resources.pack=3"), _sweep(root / "alone")
+
+
+def test_each_packed_trial_reports_what_it_reports_alone(sweeps):
+    packed, alone = sweeps
+    assert sorted(packed) == sorted(alone) == sorted(LRS)
+    compared = 0
+    for lr in LRS[:3]:
+        for k in set(packed[lr]["reports"]) & set(alone[lr]["reports"]):
+            assert packed[lr]["reports"][k]["eval_loss"] == pytest.approx(alone[lr]["reports"][k]["eval_loss"],
+                                                                          abs=1e-4), (lr, k)
+            assert packed[lr]["reports"][k]["step"] == alone[lr]["reports"][k]["step"]
+            compared += 1
+    assert compared >= 4  # the first report of each trial at least (ASHA may stop some after it)
+
+
+def test_the_pack_columns_name_the_pack_and_its_other_members(sweeps):
+    packed, alone = sweeps
+    rows = {lr: packed[lr]["row"] for lr in LRS[:3]}
+    ids = {r["trial_id"] for r in rows.values()}
+    for r in rows.values():
+        assert r["pack_id"]
+        others = set(filter(None, r["packed_with"].split(";")))
+        assert r["trial_id"] not in others and others, r
+    # the first three trials started together in one pack: each trained with the other two
+    first = [r for r in rows.values() if r["pack_id"].endswith("-0")]
+    assert len({r["pack_id"] for r in first}) == 1 and len(first) >= 2
+    assert all(ids - {r["trial_id"]} <= set(r["packed_with"].split(";")) | {packed[LRS[3]]["row"]["trial_id"]}
+               for r in first if r["trial_id"] in ids)
+    assert "pack_id" not in alone[LRS[0]]["row"]  # unpacked: the table as before
+    assert " in pack " in packed[LRS[0]]["console"]
+
+
+def test_a_diverging_member_fails_alone_and_the_scheduler_stops_members_one_by_one(sweeps):
+    packed, _ = sweeps
+    nan = packed[LRS[3]]["row"]
+    assert nan["status"] == "ERROR" and nan["error_type"] == "FloatingPointError"
+    assert "loss became NaN/inf" in nan["error"]
+    statuses = [packed[lr]["row"]["status"] for lr in LRS[:3]]
+    assert set(statuses) <= {"TERMINATED", "EARLY_STOPPED"} and "TERMINATED" in statuses, statuses
+    for lr in LRS[:3]:  # a member stopped early ended at its own report; the others trained to the end
+        row = packed[lr]["row"]
+        last = max(packed[lr]["reports"])
+        assert (row["status"] == "EARLY_STOPPED") == (last < 4), (lr, row["status"], last)
