@@ -657,7 +657,7 @@ def _print_scaling(result: dict[str, Any]) -> None:
                   f"{100 * r['prep_share']:>8.1f}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per runner")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -682,7 +682,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="add a torch.compile runner")
     ap.add_argument("--checkpointing", action="store_true", help="add a gradient-checkpointing runner")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"), help="directory of the result JSON")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     only = {o.strip() for o in args.only.split(",") if o.strip()}
     ap_sections = {"load", "throughput", "sweep", "scaling", "ttb", "packed"}
     sections = ap_sections & only or \

@@ -81,28 +81,36 @@ def concat_rows(parts: dict[str, Batch]) -> tuple[Batch, list[tuple[str, int]]]:
     if len(layouts) > 1:
         raise ValueError("train.packing: a pack's members must all pack sequences or all pad them; "
                          "pack configurations with different train.packing separately")
-    if layouts.pop():
-        examples = {m: _examples(b) for m, b in parts.items()}
-        width = max(ex[0].shape[0] for exs in examples.values() for ex in exs)
-        filled = {m: _packed_rows(exs, width) for m, exs in examples.items()}
-        rows = [row for m in parts for row in filled[m]]
-        ids = torch.stack([_row([ex[0] for ex in row], width, 0) for row in rows])  # padding: never attended to
-        labels = torch.stack([_row([ex[1] for ex in row], width, IGNORE) for row in rows])
-        extra = {"position_ids": torch.stack([_row([ex[2] for ex in row], width, None) for row in rows])}
-        counts = [(m, len(filled[m])) for m in parts]
-    else:
-        width = max(b.inputs["input_ids"].shape[1] for b in parts.values())
-        pads = {m: (0, width - b.inputs["input_ids"].shape[1]) for m, b in parts.items()}
-        ids = torch.cat([F.pad(b.inputs["input_ids"], pads[m], value=0) for m, b in parts.items()])
-        labels = torch.cat([F.pad(_next_labels(b), pads[m], value=IGNORE) for m, b in parts.items()])
-        extra = {"attention_mask": torch.cat([F.pad(b.inputs["attention_mask"], pads[m], value=0)
-                                              for m, b in parts.items()])}
-        counts = [(m, b.inputs["input_ids"].shape[0]) for m, b in parts.items()]
+    ids, labels, extra, counts = (_packed_layout if layouts.pop() else _padded_layout)(parts)
+    width = ids.shape[1]
     nxt = labels[:, : width - 1]
     keep = (nxt != IGNORE).any(0).nonzero().flatten()
     batch = Batch({"input_ids": ids, **extra}, keep, nxt[:, keep].contiguous(),
                   sum(b.n_labels for b in parts.values()), sum(b.n_tokens for b in parts.values()), ids.numel())
     return batch, counts
+
+
+def _packed_layout(parts: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor, dict, list[tuple[str, int]]]:
+    """Packed micro-batches: each member's examples refilled into rows as long as the round's longest example."""
+    examples = {m: _examples(b) for m, b in parts.items()}
+    width = max(ex[0].shape[0] for exs in examples.values() for ex in exs)
+    filled = {m: _packed_rows(exs, width) for m, exs in examples.items()}
+    rows = [row for m in parts for row in filled[m]]
+    ids = torch.stack([_row([ex[0] for ex in row], width, 0) for row in rows])  # padding: never attended to
+    labels = torch.stack([_row([ex[1] for ex in row], width, IGNORE) for row in rows])
+    extra = {"position_ids": torch.stack([_row([ex[2] for ex in row], width, None) for row in rows])}
+    return ids, labels, extra, [(m, len(filled[m])) for m in parts]
+
+
+def _padded_layout(parts: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor, dict, list[tuple[str, int]]]:
+    """Padded micro-batches: the members' rows, right-padded to the round's longest row."""
+    width = max(b.inputs["input_ids"].shape[1] for b in parts.values())
+    pads = {m: (0, width - b.inputs["input_ids"].shape[1]) for m, b in parts.items()}
+    ids = torch.cat([F.pad(b.inputs["input_ids"], pads[m], value=0) for m, b in parts.items()])
+    labels = torch.cat([F.pad(_next_labels(b), pads[m], value=IGNORE) for m, b in parts.items()])
+    extra = {"attention_mask": torch.cat([F.pad(b.inputs["attention_mask"], pads[m], value=0)
+                                          for m, b in parts.items()])}
+    return ids, labels, extra, [(m, b.inputs["input_ids"].shape[0]) for m, b in parts.items()]
 
 
 def _member_sums(model: Any, batch: Batch, rows: list[tuple[str, int]], autocast: Callable[[], Any],
