@@ -368,8 +368,8 @@ def pack_problems(cfg: SweepConfig) -> list[str]:
                         "or a fixed value")
     if cfg.eval.only:
         problems.append(f"resources.pack: eval.only trials train nothing to pack; {fix}")
-    ends = [n for n in EVALUATORS.names_in_order() if EVALUATORS.get(n).enabled(cfg.eval)] + (["perplexity_every_report"] if cfg.eval.perplexity_every_report
-                                                    else [])
+    ends = [n for n in EVALUATORS.names_in_order() if EVALUATORS.get(n).enabled(cfg.eval)]
+    ends += ["perplexity_every_report"] if cfg.eval.perplexity_every_report else []
     if ends:  # they run the model outside a routed forward (generate, lm-eval): a packed model would be wrong
         problems.append(f"resources.pack: packed trials report held-out loss only; eval {', '.join(ends)} needs "
                         f"its own model; {fix}")

@@ -308,8 +308,9 @@ def snapshot(state: TrainState, m: Model, adapter: Adapter) -> TrainState:
     """`state` with the live weights, optimizer, schedule, loss scale and RNG: what a report checkpoints."""
     from peft.utils import get_peft_model_state_dict
 
+    weights = adapter.weights() if adapter.weights else get_peft_model_state_dict(adapter.model)
     return dataclasses.replace(
-        state, adapter=adapter.weights() if adapter.weights else get_peft_model_state_dict(adapter.model), optimizer=adapter.optimizer.state_dict(),
+        state, adapter=weights, optimizer=adapter.optimizer.state_dict(),
         scheduler=adapter.scheduler.state_dict(), scaler=m.scaler.state_dict() if m.scaler else None,
         rng=torch.get_rng_state())
 
