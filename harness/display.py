@@ -167,7 +167,9 @@ class SweepDisplay(Callback):
         return ", ".join(f"{k}={_num(v)}" for k, v in t.params.items())
 
     def _values(self, t: TrialState) -> str:
-        parts = [f"{self.metric} {_num(t.objective)} (best {_num(t.best)})"]
+        # An objective scored only at the final report (an MCQ set, the judge) is absent before it.
+        parts = [f"{self.metric} {_num(t.objective)} (best {_num(t.best)})" if t.objective is not None
+                 else f"{self.metric} not reported yet"]
         if t.tokens_per_second is not None:
             parts.append(f"{t.tokens_per_second:.0f} tok/s")
         return ", ".join(parts)

@@ -61,6 +61,19 @@ def test_piped_prints_a_plain_line_per_event():
     assert "left" in progress[0]  # an estimate from the measured rate once there are reports
 
 
+def test_an_objective_scored_only_at_the_last_report_is_said_to_be_missing_before_it():
+    out = io.StringIO()
+    display = SweepDisplay(metric="mcq_law_acc", mode="max", searched=["lora.r"], reports_per_trial=2,
+                           total_trials=1, live=False, out=out)
+    t = Trial("8c6fd_00000", 8)
+    display.on_trial_start(0, [t], t)
+    display.on_trial_result(1, [t], t, {"report": 1, "eval_loss": 2.1})
+    display.on_trial_result(2, [t], t, {"report": 2, "eval_loss": 2.0, "mcq_law_acc": 0.3})
+    events = [ln.split("] ", 1)[1] for ln in out.getvalue().splitlines() if "] trial " in ln]
+    assert events[1] == "trial 8c6fd_00000 report 1/2: mcq_law_acc not reported yet"
+    assert events[2] == "trial 8c6fd_00000 report 2/2: mcq_law_acc 0.3 (best 0.3)"
+
+
 def test_the_live_table_tells_early_stopped_and_failed_from_finished():
     from rich.console import Console
 
