@@ -27,36 +27,36 @@ def pack_name(sweep: str, key: str, index: int) -> str:
 @masking_errors
 def pack_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, tokens: tuple[str, dict]) -> None:
     """Ray Tune's entry point with resources.pack > 1 (harness/tuner.py make_trainable)."""
+    import ray
     from ray import tune
 
-    from trainables.distributed import REUSE_WAIT_S, Session, _load_state
+    from trainables.distributed import REUSE_WAIT_S, Session
     from trainables.pack_actor import base_key
-    from trainables.paths import trial_ended
     from trainables.schema import trial_config
     from trainables.storage import Storage
+    from trainables.trial import had_ended
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))  # as distributed.trial_process
     cfg = trial_config(base, params)
     session = Session(tune.get_context().get_trial_id())
-    saved = _load_state(tune.get_checkpoint())
+    saved = session.get_checkpoint()
     if saved and saved.get("metrics"):
         last = saved["metrics"]
-        ended = trial_ended(Storage(storage).workdir(f"trials/{session.trial_id}")) == "complete"
-        if ended or last.get("step", 0) >= last.get("total_steps", float("inf")):
-            # Finished, or stopped by the scheduler, before the driver died: say its last report again.
+        trial_dir = Storage(storage).workdir(f"trials/{session.trial_id}")
+        if had_ended(last.get("step", 0), last.get("total_steps", float("inf")), trial_dir):
             session.report({**last, "resumed_from_report": last["report"]})
             return
     actor = _join(cfg, base_key(cfg), session.trial_id, (params, base, storage, tokens, saved))
     try:
         while True:
-            kind, value, state = _get(actor.next_report.remote(session.trial_id))
+            kind, value, state = ray.get(actor.next_report.remote(session.trial_id))
             if kind == "error":
                 raise value
             session.report(value, state)
             if value["step"] >= value["total_steps"]:
                 return
     finally:
-        _get(actor.leave.remote(session.trial_id))
+        ray.get(actor.leave.remote(session.trial_id))
 
 
 def _join(cfg: Any, key: str, trial_id: str, args: tuple) -> Any:
@@ -75,16 +75,10 @@ def _join(cfg: Any, key: str, trial_id: str, args: tuple) -> Any:
             num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, scheduling_strategy="DEFAULT",
         ).remote(f"{key}-{index}", res.pack)
         try:
-            answer = _get(actor.join.remote(trial_id, *args))
+            answer = ray.get(actor.join.remote(trial_id, *args))
         except ray.exceptions.RayActorError:  # it exited (idle) as we came: make it again
             time.sleep(JOIN_RETRY_S)
             continue
         if answer == "joined":
             return actor
         index += 1
-
-
-def _get(ref: Any) -> Any:
-    import ray
-
-    return ray.get(ref)

@@ -170,9 +170,7 @@ def train_loop(cfg: SweepConfig, *, storage: str, tokens: tuple[str, dict], sess
     state, resumed = restore(session, m, adapter), {}
     if state.metrics:  # a retry or a resumed sweep: continue where the last report left off
         resumed = {"resumed_from_report": state.metrics["report"]}
-        # Finished, or stopped by the scheduler (the driver's .ended marker), before the driver died: say its
-        # last report again (its own figures), nothing to train.
-        if state.step >= data.total_steps or trial_ended(trial.dir) == "complete":
+        if had_ended(state.step, data.total_steps, trial.dir):
             session.report({**state.metrics, **resumed})
             return
         if state.optimizer is None:  # never trains on with a fresh optimizer as if it had its own
@@ -184,6 +182,12 @@ def train_loop(cfg: SweepConfig, *, storage: str, tokens: tuple[str, dict], sess
         **m.load_times, **resumed,
     }
     train(trial, m, data, adapter, state, static)
+
+
+def had_ended(step: int, total_steps: float, trial_dir: Path) -> bool:
+    """Whether a restored trial had finished, or been stopped by the scheduler (the driver's .ended marker),
+    before the driver died: then it says its last report again (its own figures) and trains nothing."""
+    return step >= total_steps or trial_ended(trial_dir) == "complete"
 
 
 # ----------------------------------------------------------------------------- set up

@@ -154,7 +154,7 @@ class JudgeClient:
         self.cfg = cfg
         self._sleep = sleep
         key = os.environ.get(cfg.api_key_env)
-        if not key:
+        if not key and not cfg.serve:  # the server the driver started for the sweep needs no key
             # Local servers (llama.cpp, vLLM) accept any key; a hosted API will answer 401 (recorded).
             log.warning("judge: env var %s is not set; sending a placeholder key", cfg.api_key_env)
         # max_retries=0: the retry policy (and its record) is ours, not the SDK's.
