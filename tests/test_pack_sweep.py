@@ -78,3 +78,42 @@ def test_a_diverging_member_fails_alone_and_the_scheduler_stops_members_one_by_o
         row = packed[lr]["row"]
         last = max(packed[lr]["reports"])
         assert (row["status"] == "EARLY_STOPPED") == (last < 4), (lr, row["status"], last)
+
+
+def test_a_killed_packed_sweep_resumes_each_member_where_it_stopped(sweeps, tmp_path):
+    """kill -9 of the driver (its Ray and the pack worker with it) while a pack's members are half-way, then
+    --resume: each member goes on from its own last checkpoint in a new pack and ends where it ends alone."""
+    import os
+    import signal
+
+    from test_reliability import kill_trial_workers, last_report, start_sweep, trial_ids, wait_for
+
+    _, alone = sweeps
+    space = json.dumps({"train.lr": {"grid": LRS[:3]}})
+    args = [*COMMON[:4], f"search.space={space}", *COMMON[5:-1], "scheduler.type=fifo", "resources.pack=3",
+            f"output.dir={tmp_path}", "--no-report"]
+    run_dir = tmp_path / "smoke"
+    driver = start_sweep(*args, log=tmp_path / "killed.log")
+    wait_for(driver, lambda: any(last_report(run_dir, t) >= 2 for t in trial_ids(run_dir)), poll_s=0.02)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    kill_trial_workers(run_dir)
+    at_kill = {t: last_report(run_dir, t) for t in trial_ids(run_dir)}
+    assert any(k < 4 for k in at_kill.values()), at_kill
+
+    resumed = run_sweep(*args, "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr
+    rows = {float(r["config/train.lr"]): r for r in read_csv(run_dir / "results.csv")}
+    assert sorted(rows) == sorted(LRS[:3]) and all(r["status"] == "TERMINATED" and r["pack_id"] for r in rows.values())
+    after_resume = 0
+    for lr, row in rows.items():
+        history = [json.loads(ln) for ln in (run_dir / "trials" / row["trial_id"] / "metrics.jsonl").read_text().splitlines()]
+        assert [h["report"] for h in history] == [1, 2, 3, 4], (lr, history)
+        if at_kill.get(row["trial_id"], 0) < 4:  # trained on from its checkpoint, not from the start
+            assert int(row["resumed_from_report"]) >= 1, row
+        for h in history:  # the same losses as the uninterrupted trial alone, before and after the kill
+            if h["report"] in alone[lr]["reports"]:
+                assert h["eval_loss"] == pytest.approx(alone[lr]["reports"][h["report"]]["eval_loss"], abs=1e-4), (lr, h)
+                after_resume += h["report"] > at_kill.get(row["trial_id"], 0)
+    assert after_resume >= 1, "a report after the resume compared with the trial alone"
