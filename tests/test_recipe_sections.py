@@ -106,3 +106,49 @@ def test_driver_writes_the_pool_scores_of_a_scored_pool_only(tmp_path):
     assert [int(r["conversation_words"]) for r in rows] == text_lengths(pool, "conversation")
     medical, _ = load_sweep("sweeps/recipes/domain_medical.yaml", [f"output.dir={tmp_path}"])
     assert write_pool_scores(medical) is None  # MedQuAD has no scores: nothing to plot
+
+
+def _mcq_run(root, name: str, trials: dict[str, tuple[float, list[str]]], shots: list[int] | None = None):
+    """A finished MCQ sweep's files: results.csv (status, mcq_law_acc, icl_shots for a baseline), sweep.yaml,
+    and each trial's mcq_law.json predictions (letters for questions q0..q2, answer key A, B, C)."""
+    import yaml
+
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "sweep.yaml").write_text(yaml.safe_dump({"name": name, "search": {"metric": "mcq_law_acc", "mode": "max"}}))
+    frame = {"trial_id": list(trials), "status": ["TERMINATED"] * len(trials),
+             "mcq_law_acc": [acc for acc, _ in trials.values()]}
+    if shots is not None:
+        frame["config/eval.icl_shots"] = shots
+    pd.DataFrame(frame).to_csv(run / "results.csv", index=False)
+    for tid, (_, letters) in trials.items():
+        (run / "trials" / tid).mkdir(parents=True)
+        predictions = [{"id": f"q{i}", "question": f"question {i}", "pred": p, "answer": "ABC"[i]}
+                       for i, p in enumerate(letters)]
+        (run / "trials" / tid / "mcq_law.json").write_text(json.dumps({"predictions": predictions}))
+    return run
+
+
+def test_tied_trials_are_shown_as_a_tie_not_as_a_best_trial(tmp_path):
+    # The shipped law recipe on a CPU: both ranks, like the base model, answered "A" to everything (0.2667).
+    # Before: the baseline table called one of them "LoRA, best trial" and the case studies said "No
+    # predictions of mcq_law were found", though every trial had written them.
+    from analysis.recipe_sections import add_sections
+
+    base = _mcq_run(tmp_path, "law-baseline", {"b0": (1 / 3, ["A", "A", "A"]), "b5": (1 / 3, ["A", "B", "A"])},
+                    shots=[0, 5])
+    run = _mcq_run(tmp_path, "law", {"t8": (1 / 3, ["A", "A", "A"]), "t32": (1 / 3, ["A", "A", "A"])})
+    out = tmp_path / "report"
+    out.mkdir()
+    add_sections(out, run, [base], case_set="mcq_law")
+    report = (out / "report.md").read_text()
+    assert "LoRA, best trial" not in report and "| LoRA, 2 trials tied (first shown) | t8 " in report
+    cases = report.split("## Case studies", 1)[1]
+    assert "No predictions" not in cases and "LoRA (tied)" in cases
+    assert sum(line.startswith("| ") for line in cases.splitlines()) == 1 + 3
+    # one trial ahead: it is the best trial, named as such
+    run2 = _mcq_run(tmp_path / "2", "law", {"t8": (1 / 3, ["A", "A", "A"]), "t32": (2 / 3, ["A", "B", "A"])})
+    (tmp_path / "report2").mkdir()
+    add_sections(tmp_path / "report2", run2, [base], case_set="mcq_law")
+    report2 = (tmp_path / "report2" / "report.md").read_text()
+    assert "| LoRA, best trial | t32 " in re.sub(" +", " ", report2) and "LoRA best" in report2
