@@ -29,6 +29,7 @@ def test_classical_zh_recipe_tiny(tmp_path):
     run = tmp_path / "classical_zh"
     base = read_csv(tmp_path / "classical_zh-baseline" / "results.csv")
     assert sorted(row["config/eval.icl_shots"] for row in base) == ["0", "4"]
+    assert not any(row.get("gen_n") for row in base)  # no judge: the baselines write no answers
     rows = read_csv(run / "results.csv")
     assert len(rows) == 1 and float(rows[0]["ppl_mean_public_test"]) > 1 and float(rows[0]["ppl_public_test"]) > 1
     # the deliverable: the best trial's answers to private_test, in the file's order, as {id, output}
@@ -116,7 +117,7 @@ def test_domain_medical_recipe_validates_and_its_5_shot_baseline_fits(tokenizer)
     head = header(recipe)
     assert head == {"baseline-shots": "0, 5", "case-studies": "mcq_med"}
     cfg, _ = load_sweep(str(recipe), [])
-    base, _ = load_sweep(str(recipe), baseline_overrides(cfg.name, head["baseline-shots"]))
+    base, _ = load_sweep(str(recipe), baseline_overrides(cfg.name, head["baseline-shots"], judged=False))
     assert cfg.search.metric == "mcq_med_acc" and base.eval.only
     assert eval_input_problems(cfg) == [] and eval_input_problems(base) == []
     spec, = cfg.eval.mcq_sets()
