@@ -8,7 +8,7 @@ import json
 import pytest
 
 from trainables.evaluate import EvalInputError, input_problems, run_all
-from trainables.evaluate.generate import decoding_kwargs, generate_rows
+from trainables.evaluate.generate import answer_text, decoding_kwargs, generate_rows
 from trainables.evaluate.prompts import load_prompts
 from trainables.schema.eval import EvalConfig, GenerateConfig
 
@@ -49,6 +49,18 @@ def test_left_padded_batch_equals_one_at_a_time(model_tok):
     single = generate_rows(model, tok, rows, GenerateConfig(max_new_tokens=8, batch_size=1))
     assert [r["output"] for r in batched] == [r["output"] for r in single]
     assert all(r["output"] and 0 < r["new_tokens"] <= 8 for r in batched)
+
+
+def test_an_answer_cut_inside_a_character_drops_the_half_character(tokenizer):
+    tok = tokenizer
+    text = "為今之計，當其大者"
+    ids = tok.encode(text, add_special_tokens=False)
+    cuts = [k for k in range(1, len(ids)) if tok.decode(ids[:k]).endswith("\ufffd")]
+    assert cuts, "the tokenizer spells some character over several tokens"
+    for k in cuts:
+        got = answer_text(tok, ids[:k])
+        assert "\ufffd" not in got and text.startswith(got), (k, got)
+    assert answer_text(tok, ids) == text
 
 
 @pytest.mark.slow

@@ -75,8 +75,15 @@ def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], g: GenerateC
             new = seqs[r, width:].tolist()
             # A row that stopped early is padded to the batch's longest: count up to its first stop token.
             n_new = next((j for j, t in enumerate(new) if t in (pad, tokenizer.eos_token_id)), len(new))
-            out[i] = (tokenizer.decode(new[:n_new], skip_special_tokens=True).strip(), n_new)
+            out[i] = (answer_text(tokenizer, new[:n_new]), n_new)
     return out
+
+
+def answer_text(tokenizer: Any, ids: list[int]) -> str:
+    """The answer's text. Byte-level BPE spells a CJK character over 2-3 tokens, so an answer cut by
+    max_new_tokens can end half-way through one: that half is dropped rather than written as U+FFFD
+    (classical_zh's private-test answers ended in it, 2026-12-02)."""
+    return tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd").rstrip()
 
 
 def context_limit(model: Any) -> int | None:
