@@ -9,6 +9,7 @@ import contextlib
 import csv
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -198,3 +199,83 @@ class Scripted(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
             pass
+
+
+# ----------------------------------------------------------------------------- a driver to kill and resume
+
+
+def history(run_dir: Path, trial_id: str) -> list[dict]:
+    path = run_dir / "trials" / trial_id / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def start_sweep(*args: str, log: Path | None = None) -> subprocess.Popen:
+    """The driver in its own process group, so that killing the group also kills its local Ray. `log`: its
+    output goes to that file (read it with output()) instead of a pipe, which a long run could fill."""
+    env = {**os.environ, **PLANTED_SECRETS, "RAY_DEDUP_LOGS": "0"}
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - the child holds it; closed when it ends
+    proc = subprocess.Popen([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env, text=True,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log = log
+    if log:
+        out.close()
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    return proc.log.read_text() if proc.log else proc.stdout.read()
+
+
+def wait_for(proc: subprocess.Popen, condition, timeout: float = 900, poll_s: float = 0.2) -> None:
+    t0 = time.monotonic()
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended before the moment to interrupt it:\n{output(proc)[-3000:]}")
+        if time.monotonic() - t0 > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("timed out waiting for the sweep")
+        time.sleep(poll_s)
+
+
+def kill_trial_workers(run_dir: Path) -> None:
+    """Ray's workers have process groups of their own: a worker outlives the killed driver for a moment and
+    can still write a checkpoint (CI, 2026-12-01: into a directory this test had just renamed). Kill the
+    trials' workers too and wait for them, so that nothing changes the run directory while the test edits it."""
+    import psutil
+
+    pids = {h["pid"] for t in (run_dir / "trials").iterdir() for h in history(run_dir, t.name) if "pid" in h}
+    workers = []
+    for pid in pids:
+        try:
+            worker = psutil.Process(pid)
+            if worker.cmdline()[:1] and worker.cmdline()[0].startswith("ray::"):
+                worker.kill()
+                workers.append(worker)
+        except psutil.Error:
+            pass  # gone already
+    psutil.wait_procs(workers, timeout=30)
+
+
+def last_report(run_dir: Path, trial_id: str) -> int:
+    h = history(run_dir, trial_id)
+    return h[-1]["report"] if h else 0
+
+
+def trial_ids(run_dir: Path) -> list[str]:
+    return sorted(d.name for d in (run_dir / "trials").iterdir()) if (run_dir / "trials").is_dir() else []
+
+
+def crash_tracebacks(text: str) -> list[str]:
+    """The tracebacks in a driver's output, less Ray's own at shutdown: a worker that ray.shutdown()
+    SIGTERMs inside a weakref callback prints "Exception ignored in: ... sigterm_handler ... SystemExit: 1"
+    (CI, 2026-12-02, after a packed sweep's --resume). That one is Ray ending its worker, not a crash."""
+    marker = "Traceback (most recent call last):"
+    starts = [i for i in range(len(text)) if text.startswith(marker, i)]
+    found = []
+    for k, i in enumerate(starts):
+        block = text[i : starts[k + 1] if k + 1 < len(starts) else i + 4000]
+        ray_sigterm = "Exception ignored in" in text[max(0, i - 300) : i] and "sigterm_handler" in block \
+            and "SystemExit: 1" in block
+        if not ray_sigterm:
+            found.append(block[:1500])
+    return found

@@ -8,7 +8,16 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import read_csv, run_sweep
+from helpers import (
+    crash_tracebacks,
+    kill_trial_workers,
+    last_report,
+    read_csv,
+    run_sweep,
+    start_sweep,
+    trial_ids,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +95,6 @@ def test_a_killed_packed_sweep_resumes_each_member_where_it_stopped(sweeps, tmp_
     import os
     import signal
 
-    from test_reliability import kill_trial_workers, last_report, start_sweep, trial_ids, wait_for
-
     _, alone = sweeps
     space = json.dumps({"train.lr": {"grid": LRS[:3]}})
     args = [*COMMON[:4], f"search.space={space}", *COMMON[5:-1], "scheduler.type=fifo", "resources.pack=3",
@@ -103,7 +110,7 @@ def test_a_killed_packed_sweep_resumes_each_member_where_it_stopped(sweeps, tmp_
 
     resumed = run_sweep(*args, "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "Traceback" not in resumed.stdout + resumed.stderr
+    assert crash_tracebacks(resumed.stdout + resumed.stderr) == []
     rows = {float(r["config/train.lr"]): r for r in read_csv(run_dir / "results.csv")}
     assert sorted(rows) == sorted(LRS[:3]) and all(r["status"] == "TERMINATED" and r["pack_id"] for r in rows.values())
     after_resume = 0

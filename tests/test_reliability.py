@@ -10,14 +10,28 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import PLANTED_SECRETS, REPO, Scripted, leaks, read_csv, run_sweep
+from helpers import (
+    PLANTED_SECRETS,
+    REPO,
+    Scripted,
+    crash_tracebacks,
+    history,
+    kill_trial_workers,
+    last_report,
+    leaks,
+    output,
+    read_csv,
+    run_sweep,
+    start_sweep,
+    trial_ids,
+    wait_for,
+)
 
 from harness.resume import saved_state, staging_copies, trials_of
 
@@ -26,39 +40,6 @@ pytestmark = pytest.mark.slow
 # 8 examples / batch 2 = 4 steps = 4 reports per trial; a small pool file loads in a fraction of a second.
 TINY = ["data.train=alpaca/alpaca_en_demo.json", "data.eval_size=4", "selection.n=8", "train.batch_size=2",
         "train.max_seq_len=128", "wandb.enabled=false", "scheduler.type=fifo"]
-
-
-def history(run_dir: Path, trial_id: str) -> list[dict]:
-    path = run_dir / "trials" / trial_id / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def start_sweep(*args: str, log: Path | None = None) -> subprocess.Popen:
-    """The driver in its own process group, so that killing the group also kills its local Ray. `log`: its
-    output goes to that file (read it with output()) instead of a pipe, which a long run could fill."""
-    env = {**os.environ, **PLANTED_SECRETS, "RAY_DEDUP_LOGS": "0"}
-    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - the child holds it; closed when it ends
-    proc = subprocess.Popen([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env, text=True,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.log = log
-    if log:
-        out.close()
-    return proc
-
-
-def output(proc: subprocess.Popen) -> str:
-    return proc.log.read_text() if proc.log else proc.stdout.read()
-
-
-def wait_for(proc: subprocess.Popen, condition, timeout: float = 900, poll_s: float = 0.2) -> None:
-    t0 = time.monotonic()
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"the sweep ended before the moment to interrupt it:\n{output(proc)[-3000:]}")
-        if time.monotonic() - t0 > timeout:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("timed out waiting for the sweep")
-        time.sleep(poll_s)
 
 
 # ----------------------------------------------------------------------------- failing trials
@@ -165,25 +146,6 @@ def test_planted_keys_are_used_but_written_nowhere(smoke_run, failing_run, judge
 # ----------------------------------------------------------------------------- kill -9 and resume
 
 
-def kill_trial_workers(run_dir: Path) -> None:
-    """Ray's workers have process groups of their own: a worker outlives the killed driver for a moment and
-    can still write a checkpoint (CI, 2026-12-01: into a directory this test had just renamed). Kill the
-    trials' workers too and wait for them, so that nothing changes the run directory while the test edits it."""
-    import psutil
-
-    pids = {h["pid"] for t in (run_dir / "trials").iterdir() for h in history(run_dir, t.name) if "pid" in h}
-    workers = []
-    for pid in pids:
-        try:
-            worker = psutil.Process(pid)
-            if worker.cmdline()[:1] and worker.cmdline()[0].startswith("ray::"):
-                worker.kill()
-                workers.append(worker)
-        except psutil.Error:
-            pass  # gone already
-    psutil.wait_procs(workers, timeout=30)
-
-
 def saved_before_it_ended(tune_dir: Path, trial_id: str) -> None:
     """Ray's saved state (here and its staging copies) as if the kill had come after Optuna stored the
     trial's end and before Ray saved it (CI, 2026-12-01): running for Ray, not complete for its searcher."""
@@ -208,15 +170,6 @@ def searcher_copied_before(tune_dir: Path, trial_id: str) -> None:
         searcher = pickle.loads(path.read_bytes())
         del searcher["_ot_trials"][trial_id]
         path.write_bytes(pickle.dumps(searcher))
-
-
-def last_report(run_dir: Path, trial_id: str) -> int:
-    h = history(run_dir, trial_id)
-    return h[-1]["report"] if h else 0
-
-
-def trial_ids(run_dir: Path) -> list[str]:
-    return sorted(d.name for d in (run_dir / "trials").iterdir()) if (run_dir / "trials").is_dir() else []
 
 
 def two_drivers_at_once(args: list[str]) -> subprocess.Popen:
@@ -340,7 +293,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path):
         assert [e["report"] for e in history(run_dir, t)] == [1, 2, 3, 4], t
     assert int(after[before]["resumed_from_report"]) >= 1, "went on from its checkpoint"
     assert int(after[interrupted]["resumed_from_report"]) >= 1
-    assert "Traceback" not in "".join(out) + resumed.stdout + resumed.stderr
+    assert crash_tracebacks("".join(out) + resumed.stdout + resumed.stderr) == []
 
     import optuna  # the searcher state came back: the same study holds every finished trial's value
 
