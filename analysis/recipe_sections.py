@@ -37,29 +37,27 @@ def baseline_table(sweep: Sweep, baselines: list[Sweep]) -> pd.DataFrame:
             shots = r.get("config/eval.icl_shots", _shots(b, str(r["trial_id"])))
             rows.append({"model": f"base model, {shots}-shot", "trial": r["trial_id"],
                          **{c: _fmt(r.get(c)) for c in cols}})
-    shown, label = lora_shown(sweep)
+    shown, tied = lora_shown(sweep)
     if shown is not None:
         best = sweep.results.set_index(sweep.results["trial_id"].astype(str)).loc[shown]
+        label = f"LoRA, {tied} trials tied (first shown)" if tied else "LoRA, best trial"
         rows.append({"model": label, "trial": shown, **{c: _fmt(best.get(c)) for c in cols}})
     return pd.DataFrame(rows)
 
 
-def lora_shown(sweep: Sweep) -> tuple[str | None, str]:
-    """The LoRA trial the recipe's sections show, and its label: the best trial (analysis.curves.best_trial),
-    or, when every finished trial reached the same objective (a small model answering "A" to every
-    question), the first of them, labelled as a tie so that no reader takes it for a winner."""
+def lora_shown(sweep: Sweep) -> tuple[str | None, int]:
+    """The LoRA trial the recipe's sections show, and how many trials tied with it (0: it is the best,
+    analysis.curves.best_trial). When every finished trial reached the same objective (a small model
+    answering "A" to every question) it is the first of them, labelled as a tie so that no reader takes
+    it for a winner."""
     from analysis.curves import best_trial
 
     best = best_trial(sweep)
-    if best is not None:
-        return best, "LoRA, best trial"
     r = sweep.results
-    if sweep.metric not in r:
-        return None, ""
+    if best is not None or sweep.metric not in r:
+        return best, 0
     tied = r[(r["status"] == "TERMINATED") & pd.to_numeric(r[sweep.metric], errors="coerce").notna()]
-    if not len(tied):
-        return None, ""
-    return str(tied.iloc[0]["trial_id"]), f"LoRA, {len(tied)} trials tied (first shown)"
+    return (str(tied.iloc[0]["trial_id"]), len(tied)) if len(tied) else (None, 0)
 
 
 def curve_figure(sweep: Sweep, metric: str, path: Path) -> Path | None:
@@ -103,7 +101,7 @@ def _predictions(trial_dir: Path, set_name: str) -> dict[str, dict]:
 def case_studies(sweep: Sweep, baselines: list[Sweep], set_name: str, n: int = 6) -> pd.DataFrame:
     """Questions of MCQ set `set_name` (file `<set_name>.json` in each trial dir, e.g. mcq_law) with each
     baseline's, the best trial's and the reference answer; questions where they disagree come first."""
-    best, label = lora_shown(sweep)
+    best, tied = lora_shown(sweep)
     if best is None:
         return pd.DataFrame()
     cols: dict[str, dict[str, dict]] = {}
@@ -111,7 +109,7 @@ def case_studies(sweep: Sweep, baselines: list[Sweep], set_name: str, n: int = 6
         for _, r in b.results.iterrows():
             cols[f"base {r.get('config/eval.icl_shots', _shots(b, str(r['trial_id'])))}-shot"] = _predictions(b.path / "trials" / str(r["trial_id"]),
                                                                                 set_name)
-    lora = "LoRA best" if label == "LoRA, best trial" else "LoRA (tied)"
+    lora = "LoRA (tied)" if tied else "LoRA best"
     cols[lora] = _predictions(sweep.path / "trials" / best, set_name)
     ref = cols[lora]
     rows = []

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -265,12 +266,25 @@ def trial_ids(run_dir: Path) -> list[str]:
     return sorted(d.name for d in (run_dir / "trials").iterdir()) if (run_dir / "trials").is_dir() else []
 
 
+def kill_at(driver: subprocess.Popen, run_dir: Path, moment, after_s: float = 0.0) -> dict[str, bytes]:
+    """kill -9 the driver (and its Ray) at `moment` (polled every 20 ms), `after_s` later; returns the
+    histories, as they were, of the trials whose final report the driver had recorded."""
+    wait_for(driver, moment, poll_s=0.02)
+    time.sleep(after_s)
+    with contextlib.suppress(ProcessLookupError):  # it may have finished in those after_s
+        os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    kill_trial_workers(run_dir)
+    return {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in trial_ids(run_dir)
+            if last_report(run_dir, t) == 4}
+
+
 def crash_tracebacks(text: str) -> list[str]:
     """The tracebacks in a driver's output, less Ray's own at shutdown: a worker that ray.shutdown()
     SIGTERMs inside a weakref callback prints "Exception ignored in: ... sigterm_handler ... SystemExit: 1"
     (CI, 2026-12-02, after a packed sweep's --resume). That one is Ray ending its worker, not a crash."""
     marker = "Traceback (most recent call last):"
-    starts = [i for i in range(len(text)) if text.startswith(marker, i)]
+    starts = [m.start() for m in re.finditer(re.escape(marker), text)]
     found = []
     for k, i in enumerate(starts):
         block = text[i : starts[k + 1] if k + 1 < len(starts) else i + 4000]

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from helpers import (
     crash_tracebacks,
-    kill_trial_workers,
+    history,
+    kill_at,
     last_report,
     read_csv,
     run_sweep,
     start_sweep,
     trial_ids,
-    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,7 @@ def _sweep(root: Path, *extra: str) -> dict[float, dict]:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = {}
     for row in read_csv(root / "smoke" / "results.csv"):
-        history = root / "smoke" / "trials" / row["trial_id"] / "metrics.jsonl"
-        reports = [json.loads(ln) for ln in history.read_text().splitlines()] if history.exists() else []
+        reports = history(root / "smoke", row["trial_id"])
         out[float(row["config/train.lr"])] = {"row": row, "reports": {h["report"]: h for h in reports},
                                               "console": proc.stdout}
     return out
@@ -92,19 +91,13 @@ def test_a_diverging_member_fails_alone_and_the_scheduler_stops_members_one_by_o
 def test_a_killed_packed_sweep_resumes_each_member_where_it_stopped(sweeps, tmp_path):
     """kill -9 of the driver (its Ray and the pack worker with it) while a pack's members are half-way, then
     --resume: each member goes on from its own last checkpoint in a new pack and ends where it ends alone."""
-    import os
-    import signal
-
     _, alone = sweeps
     space = json.dumps({"train.lr": {"grid": LRS[:3]}})
     args = [*COMMON[:4], f"search.space={space}", *COMMON[5:-1], "scheduler.type=fifo", "resources.pack=3",
             f"output.dir={tmp_path}", "--no-report"]
     run_dir = tmp_path / "smoke"
     driver = start_sweep(*args, log=tmp_path / "killed.log")
-    wait_for(driver, lambda: any(last_report(run_dir, t) >= 2 for t in trial_ids(run_dir)), poll_s=0.02)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    kill_trial_workers(run_dir)
+    kill_at(driver, run_dir, lambda: any(last_report(run_dir, t) >= 2 for t in trial_ids(run_dir)))
     at_kill = {t: last_report(run_dir, t) for t in trial_ids(run_dir)}
     assert any(k < 4 for k in at_kill.values()), at_kill
 
@@ -115,11 +108,11 @@ def test_a_killed_packed_sweep_resumes_each_member_where_it_stopped(sweeps, tmp_
     assert sorted(rows) == sorted(LRS[:3]) and all(r["status"] == "TERMINATED" and r["pack_id"] for r in rows.values())
     after_resume = 0
     for lr, row in rows.items():
-        history = [json.loads(ln) for ln in (run_dir / "trials" / row["trial_id"] / "metrics.jsonl").read_text().splitlines()]
-        assert [h["report"] for h in history] == [1, 2, 3, 4], (lr, history)
+        reports = history(run_dir, row["trial_id"])
+        assert [h["report"] for h in reports] == [1, 2, 3, 4], (lr, reports)
         if at_kill.get(row["trial_id"], 0) < 4:  # trained on from its checkpoint, not from the start
             assert int(row["resumed_from_report"]) >= 1, row
-        for h in history:  # the same losses as the uninterrupted trial alone, before and after the kill
+        for h in reports:  # the same losses as the uninterrupted trial alone, before and after the kill
             if h["report"] in alone[lr]["reports"]:
                 assert h["eval_loss"] == pytest.approx(alone[lr]["reports"][h["report"]]["eval_loss"], abs=1e-4), (lr, h)
                 after_resume += h["report"] > at_kill.get(row["trial_id"], 0)

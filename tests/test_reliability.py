@@ -4,7 +4,6 @@ resumed, and planted API keys that must be used but never written anywhere."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -22,6 +21,7 @@ from helpers import (
     Scripted,
     crash_tracebacks,
     history,
+    kill_at,
     kill_trial_workers,
     last_report,
     leaks,
@@ -208,19 +208,6 @@ def kill_driver_alone(driver: subprocess.Popen) -> float:
     _, alive = psutil.wait_procs(left, timeout=15)
     assert not alive, f"outlived the driver by 15 s: {[p.name() for p in alive]}"
     return time.monotonic() - t0
-
-
-def kill_at(driver: subprocess.Popen, run_dir: Path, moment, after_s: float = 0.0) -> dict[str, bytes]:
-    """kill -9 the driver (and its Ray) at `moment` (polled every 20 ms), `after_s` later; returns the
-    histories, as they were, of the trials whose final report the driver had recorded."""
-    wait_for(driver, moment, poll_s=0.02)
-    time.sleep(after_s)
-    with contextlib.suppress(ProcessLookupError):  # it may have finished in those after_s
-        os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    kill_trial_workers(run_dir)
-    return {t: (run_dir / "trials" / t / "metrics.jsonl").read_bytes() for t in trial_ids(run_dir)
-            if last_report(run_dir, t) == 4}
 
 
 def test_sigkill_of_the_driver_then_resume(tmp_path):
