@@ -424,9 +424,9 @@ def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False, per_slot
 def packed_sweeps(tmp: Path, n_examples: int) -> list[dict[str, Any]]:
     """8 trials of a lora_rank-like space (r x lr), all at once both ways: `pack: 4` in 2 pack workers of 1 CPU
     vs 8 unpacked trials of 0.25 CPU each; and today's default, 2 unpacked trials of 1 CPU at a time. Wall
-    time, and the sum over worker processes of each one's peak RSS (a pack's members report their pack
-    worker's; a reused worker's trials their own). Not counted: a packed trial's own process, which only relays
-    its pack's reports to Tune."""
+    time, and the sum over processes of each one's peak RSS: a pack's members report their pack worker's and,
+    as relay_peak_rss_mb, that of their own Tune trial process, which relays the pack's reports (both counted);
+    a reused worker's trials report their own."""
     space = json.dumps({"lora.r": {"grid": [4, 8, 16, 32]}, "train.lr": {"grid": [3e-4, 1e-3]}})
     common = ["sweeps/smoke.yaml", "search.algorithm=grid", "search.num_samples=1", f"search.space={space}",
               f"selection.n={n_examples}", "data.eval_size=8", "train.max_seq_len=128", "train.evals_per_epoch=2",
@@ -439,14 +439,18 @@ def packed_sweeps(tmp: Path, n_examples: int) -> list[dict[str, Any]]:
         log(f"packed sweeps: {name} ...")
         r = run_sweep(name, tmp, common[0], common[1:] + extra)
         peaks: dict[Any, float] = {}  # worker -> its peak: a pack (its members relay its figure), else a process
+        relays: dict[str, float] = {}  # a packed trial's own process
         for row in r["rows"]:
             for entry in r["history"].get(row["trial_id"], []):
                 worker = row.get("pack_id") or entry.get("pid")
                 if worker and "peak_rss_mb" in entry:
                     peaks[worker] = max(peaks.get(worker, 0.0), float(entry["peak_rss_mb"]))
+                if "relay_peak_rss_mb" in entry:
+                    relays[row["trial_id"]] = max(relays.get(row["trial_id"], 0.0), float(entry["relay_peak_rss_mb"]))
         tokens = sum(float(row.get("tokens_seen") or 0) for row in r["rows"])
         out.append({"arm": name, "trials": len(r["rows"]), "wall_seconds": r["wall"], "workers": len(peaks),
-                    "sum_peak_rss_mb": sum(peaks.values()), "tokens_per_second": tokens / r["wall"],
+                    "workers_peak_rss_mb": sum(peaks.values()), "relays_peak_rss_mb": sum(relays.values()),
+                    "sum_peak_rss_mb": sum(peaks.values()) + sum(relays.values()), "tokens_per_second": tokens / r["wall"],
                     "eval_loss": {row["trial_id"]: row.get("eval_loss") for row in r["rows"]}})
         log(f"  {out[-1]}")
     return out
@@ -456,10 +460,11 @@ def _print_packed(result: dict[str, Any]) -> None:
     arms = {r["arm"]: r for r in result.get("packed", [])}
     if not arms:
         return
-    print(f"\n{'arm':<14}{'trials':>7}{'wall s':>8}{'workers':>8}{'sum peak RSS MB':>16}{'tokens/s':>9}")
+    print(f"\n{'arm':<14}{'trials':>7}{'wall s':>8}{'workers':>8}{'workers MB':>11}{'relays MB':>10}"
+          f"{'sum peak RSS MB':>16}{'tokens/s':>9}")
     for r in arms.values():
-        print(f"{r['arm']:<14}{r['trials']:>7}{r['wall_seconds']:>8.0f}{r['workers']:>8}{r['sum_peak_rss_mb']:>16.0f}"
-              f"{r['tokens_per_second']:>9.1f}")
+        print(f"{r['arm']:<14}{r['trials']:>7}{r['wall_seconds']:>8.0f}{r['workers']:>8}{r['workers_peak_rss_mb']:>11.0f}"
+              f"{r['relays_peak_rss_mb']:>10.0f}{r['sum_peak_rss_mb']:>16.0f}{r['tokens_per_second']:>9.1f}")
     p, u8, u2 = arms.get("pack4_x2"), arms.get("unpacked_x8"), arms.get("unpacked_x2")
     if p and u8:
         print(f"pack 4 x 2 vs 8 unpacked: wall {p['wall_seconds'] / u8['wall_seconds']:.2f}x (target <= 1.0), "

@@ -27,11 +27,12 @@ from trainables.paths import ENDED, atomic_write_text, trial_ended
 
 PUSH_EVERY_S = 10.0
 # Reported every time but not worth a results column (they are in metrics.jsonl).
-HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report"}
+HISTORY_ONLY = {"step", "epoch", "lr", "total_steps", "training_iteration", "time_total_s", "report",
+                "relay_peak_rss_mb"}
 # Per-report values worth keeping in metrics.jsonl.
 HISTORY_KEYS = ["report", "training_iteration", "step", "total_steps", "epoch", "tokens_seen", "eval_loss", "train_loss",
                 "tokens_per_second", "lr", "time_total_s", "train_seconds", "heldout_seconds", "rss_mb", "peak_rss_mb",
-                "pid", "timestamp"]
+                "relay_peak_rss_mb", "pid", "timestamp"]
 
 
 # "ValueError: ...", "ray.exceptions.RayTaskError(FloatingPointError): ...", "torch.OutOfMemoryError: ..."

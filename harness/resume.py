@@ -14,9 +14,10 @@ newer checkpoint takes the name the state expects (the trial goes on from its ne
 ended only says its last report again, trainables/trial.py), and a trial that had failed for good is
 marked failed. `ended_trials` says which trials ended, from what the driver wrote before the kill.
 A checkpoint that the saved state still lists but keep-best-k has deleted since is dropped from the list
-(Ray would log a FileNotFoundError traceback trying to delete it again).
-Besides that list (Ray's own pickled object, which Tuner.restore unpickles anyway) only the plain-JSON parts
-of the state are read; anything unexpected leaves the directory as it is.
+(Ray would log a FileNotFoundError traceback trying to delete it again). A trial whose checkpoints all
+came after the saved state (none listed) goes on from its newest one, not from its first step.
+Besides that list and the trial's checkpoint count (Ray's own pickled objects, which Tuner.restore
+unpickles anyway) only the plain-JSON parts of the state are read; anything unexpected leaves the directory as it is.
 """
 
 from __future__ import annotations
@@ -204,6 +205,56 @@ def _go_on_from_newest(tune_dir: Path, trial: dict, meta: dict, ended: bool) -> 
     return f"trial {trial['trial_id']}: {why} {newer[-1].name}"
 
 
+def _saved_metrics(checkpoint: Path) -> dict | None:
+    """The last report a checkpoint's state.pt (TrainState) holds; None when the kill cut it short."""
+    import torch
+
+    try:  # mmap: only the pickled dict is read, not the adapter and optimizer tensors
+        saved = torch.load(checkpoint / "state.pt", map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # noqa: BLE001 - missing, cut short or not ours: not a checkpoint to go on from
+        return None
+    metrics = saved.get("metrics") if isinstance(saved, dict) else None
+    return dict(metrics) if isinstance(metrics, dict) and metrics else None
+
+
+def _adopt_unlisted(tune_dir: Path, entry: list) -> str | None:
+    """A trial that the saved state names no checkpoint of, though it saved some after that state (Ray
+    saves it every 10 s or more; Tuner.restore would train the trial again from its first step): its
+    newest whole checkpoint goes into Ray's checkpoint list (the pickled _CheckpointManager) and the
+    trial's checkpoint count (its StorageContext, so the next one is numbered after it), as if the state
+    had been saved after it. The older ones, which Ray would never prune, go. Returns a note."""
+    from ray import cloudpickle
+    from ray._common.utils import binary_to_hex, hex_to_binary
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    trial, meta = (json.loads(x) if isinstance(x, str) else x for x in entry[:2])
+    blobs = (trial.get("storage"), meta.get("checkpoint_manager"))
+    if not all(isinstance(b, dict) and "value" in b for b in blobs):
+        return None
+    storage, manager = (cloudpickle.loads(hex_to_binary(b["value"])) for b in blobs)
+    if manager.latest_checkpoint_result is not None:
+        return None
+    on_disk = sorted(Path(tune_dir, trial.get("relative_logdir", "")).glob("checkpoint_*"), key=lambda d: _index(d.name))
+    newest = next(((d, m) for d in reversed(on_disk) if _index(d.name) >= 0 and (m := _saved_metrics(d))), None)
+    if newest is None:
+        return None
+    checkpoint, metrics = newest
+    result = _TrainingResult(Checkpoint(f"{storage.trial_fs_path}/{checkpoint.name}", storage.storage_filesystem),
+                             {**metrics, "checkpoint_dir_name": checkpoint.name})
+    manager._latest_checkpoint_result, manager._checkpoint_results = result, [result]
+    storage.current_checkpoint_index = _index(checkpoint.name)
+    blobs[0]["value"] = binary_to_hex(cloudpickle.dumps(storage))
+    blobs[1]["value"] = binary_to_hex(cloudpickle.dumps(manager))
+    entry[0] = json.dumps(trial) if isinstance(entry[0], str) else trial
+    entry[1] = json.dumps(meta) if isinstance(entry[1], str) else meta
+    for stale in on_disk:
+        if stale != checkpoint:
+            shutil.rmtree(stale, ignore_errors=True)
+    return (f"trial {trial['trial_id']}: the saved state named none of its checkpoints; it goes on from "
+            f"{checkpoint.name} (report {metrics.get('report', '?')})")
+
+
 def repair(tune_dir: Path, finished: Iterable[str] = (), failed: Iterable[str] = ()) -> list[str]:
     """Fix what a kill can leave behind in Ray's experiment dir; return one note per fix. `finished`: the
     trials that had ended (run to their last step, or stopped by the scheduler); `failed`: those that had
@@ -219,15 +270,23 @@ def repair(tune_dir: Path, finished: Iterable[str] = (), failed: Iterable[str] =
     except (KeyError, TypeError, ValueError, IndexError):
         return notes + ["the saved experiment state has an unexpected layout; resuming it as it is"]
     notes += marked
-    for trial, meta in trials:
-        if trial.get("status") in UNFINISHED and trial.get("trial_id") not in failed:
-            note = _go_on_from_newest(Path(tune_dir), trial, meta, trial.get("trial_id") in finished)
-            notes += [note] if note else []
+    adopted = False
+    for (trial, meta), entry in zip(trials, state["trial_data"], strict=True):
+        if trial.get("status") not in UNFINISHED or trial.get("trial_id") in failed:
+            continue
+        note = _go_on_from_newest(Path(tune_dir), trial, meta, trial.get("trial_id") in finished)
+        if note is None:
+            try:
+                note = _adopt_unlisted(Path(tune_dir), entry)
+            except Exception:  # noqa: BLE001 - Ray's own objects: if they are not what 2.60 writes, leave them
+                note = None
+            adopted |= note is not None
+        notes += [note] if note else []
     try:
         forgotten = _forget_missing_checkpoints(state)
     except Exception:  # noqa: BLE001 - Ray's own object, as Ray pickled it: if it is not what 2.60 writes, leave it
         forgotten = False
-    if marked or forgotten:
+    if marked or forgotten or adopted:
         newest = sorted(Path(tune_dir).glob("experiment_state-*.json"))[-1]
         atomic_write_text(newest, json.dumps(state))
     return notes

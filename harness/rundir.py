@@ -156,6 +156,8 @@ def claim_run_dir(cfg: SweepConfig, resume: bool, n_trials: int) -> tuple[Storag
     except ConfigError:
         from harness.lock import release
 
+        if cfg.run_dir.exists():  # made since this driver looked: a live driver there is the reason to give
+            hold_run_dir(cfg)     # (two started at once on a new directory; the other wrote sweep.yaml)
         release(cfg.run_dir, tidy=True)
         raise
 

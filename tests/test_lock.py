@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import REPO
 
 from harness.lock import LOCK_NAME, _try_exclusive_file, busy_message, owner_alive, read_owner
@@ -80,3 +81,33 @@ def test_without_flock_the_owner_in_the_file_decides(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_driver_that_looked_before_the_directory_existed_names_the_one_that_made_it(tmp_path):
+    """Two drivers started at once on a new run directory: neither takes the lock first thing (there is no
+    directory yet); the one that goes on makes it, takes it and writes sweep.yaml. The other then finds
+    that sweep.yaml: it says the directory is in use, naming the first (before: "holds an unfinished run of
+    this sweep; add --resume", seen under load), and leaves the directory as it was."""
+    from harness.config import ConfigError
+    from harness.preflight import load_config
+    from harness.rundir import claim_run_dir
+
+    cfg = load_config(str(REPO / "sweeps/smoke.yaml"), [f"output.dir={tmp_path}"])
+    owner = holder(cfg.run_dir)
+    try:
+        (cfg.run_dir / "sweep.yaml").write_text(yaml_of(cfg))
+        with pytest.raises(ConfigError) as refused:
+            claim_run_dir(cfg, False, 3)
+        said = str(refused.value)
+        assert f"is in use by another driver (pid {owner.pid} on " in said, said
+        assert sorted(p.name for p in cfg.run_dir.iterdir()) == [LOCK_NAME, "sweep.yaml"]
+        assert read_owner(cfg.run_dir / LOCK_NAME)["pid"] == owner.pid
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def yaml_of(cfg) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"))

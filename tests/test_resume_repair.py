@@ -12,7 +12,7 @@ import pytest
 from harness.resume import repair
 
 
-def saved(tune_dir: Path, trials: dict[str, tuple[str, str, list[int]]]) -> None:
+def saved(tune_dir: Path, trials: dict[str, tuple[str, str | None, list[int]]]) -> None:
     """trials: id -> (Ray's status, the checkpoint the saved state points at, checkpoints on disk)."""
     data = []
     for trial_id, (status, wanted, on_disk) in trials.items():
@@ -169,3 +169,57 @@ def test_checkpoints_pruned_since_the_saved_state_are_forgotten(tune_dir):
     restored.register_checkpoint(_TrainingResult(checkpoint=Checkpoint(str(trial_dir / "checkpoint_000003")),
                                                  metrics={"eval_loss": 0.5}))
     assert sorted(d.name for d in trial_dir.iterdir()) == ["checkpoint_000002", "checkpoint_000003"]
+
+
+def test_a_trial_the_saved_state_names_no_checkpoint_of_goes_on_from_its_newest(tune_dir):
+    """Ray saves its state every 10 s or more: a kill can find a trial's first checkpoints on disk while
+    the state lists none (seen in the packed kill-and-resume test: the trial trained again from step 0).
+    Its newest whole checkpoint (a cut state.pt does not count) is listed, the trial's checkpoint count
+    follows it, and the older ones go; a trial with a listed checkpoint is left as it is."""
+    import torch
+    from ray import cloudpickle
+    from ray._common.utils import binary_to_hex, hex_to_binary
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+
+    saved(tune_dir, {"new": ("RUNNING", None, [0, 1, 2]), "listed": ("RUNNING", "checkpoint_000000", [0, 1])})
+    for i in (0, 1):  # whole checkpoints, as Session.report writes them
+        torch.save({"step": i + 1, "metrics": {"report": i + 1, "eval_loss": 2.0 - i}},
+                   tune_dir / f"train_trial_new/checkpoint_{i:06d}/state.pt")
+    whole = (tune_dir / "train_trial_new/checkpoint_000001/state.pt").read_bytes()
+    (tune_dir / "train_trial_new/checkpoint_000002/state.pt").write_bytes(whole[: len(whole) // 2])  # cut by the kill
+
+    def pickled(obj) -> dict:
+        return {"_type": "CLOUDPICKLE_FALLBACK", "value": binary_to_hex(cloudpickle.dumps(obj))}
+
+    state_file = next(tune_dir.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+        storage = StorageContext(str(tune_dir.parent), tune_dir.name, trial_dir_name=trial["relative_logdir"])
+        manager = _CheckpointManager(CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="eval_loss",
+                                                      checkpoint_score_order="min"))
+        if trial["trial_id"] == "listed":
+            storage.current_checkpoint_index = 0
+            manager.register_checkpoint(_TrainingResult(Checkpoint(f"{storage.trial_fs_path}/checkpoint_000000"),
+                                                        {"eval_loss": 1.0}))
+        trial["storage"], meta["checkpoint_manager"] = pickled(storage), pickled(manager)
+        entry[:2] = json.dumps(trial), json.dumps(meta)
+    state_file.write_text(json.dumps(state))
+
+    notes = repair(tune_dir)
+
+    assert notes == ["trial new: the saved state named none of its checkpoints; it goes on from checkpoint_000001 "
+                     "(report 2)"]
+    assert sorted(d.name for d in (tune_dir / "train_trial_new").iterdir()) == ["checkpoint_000001"]
+    assert checkpoints(tune_dir, "listed") == {"checkpoint_000000": "report 1", "checkpoint_000001": "report 2"}
+    trial, meta = (json.loads(x) for x in json.loads(state_file.read_text())["trial_data"][0][:2])
+    storage = cloudpickle.loads(hex_to_binary(trial["storage"]["value"]))
+    manager = cloudpickle.loads(hex_to_binary(meta["checkpoint_manager"]["value"]))
+    latest = manager.latest_checkpoint_result
+    assert latest.checkpoint.path == f"{storage.trial_fs_path}/checkpoint_000001"
+    assert latest.metrics["eval_loss"] == 1.0 and latest.metrics["checkpoint_dir_name"] == "checkpoint_000001"
+    assert storage.current_checkpoint_index == 1 and storage.checkpoint_dir_name == "checkpoint_000001"
+    assert repair(tune_dir) == []  # listed now: a second repair changes nothing

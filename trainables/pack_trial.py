@@ -34,6 +34,7 @@ def pack_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     from trainables.pack_actor import base_key
     from trainables.schema import trial_config
     from trainables.storage import Storage
+    from trainables.training import memory
     from trainables.trial import had_ended
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))  # as distributed.trial_process
@@ -52,7 +53,8 @@ def pack_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
             kind, value, state = ray.get(actor.next_report.remote(session.trial_id))
             if kind == "error":
                 raise value
-            session.report(value, state)
+            # this process's own memory too: a pack's cost is its actor and every member's relay process
+            session.report({**value, "relay_peak_rss_mb": memory("cpu")["peak_rss_mb"]}, state)
             if value["step"] >= value["total_steps"]:
                 return
     finally:
