@@ -6,6 +6,9 @@
 #   qlora_fp16   the same with fp16 autocast + GradScaler (train.bf16=off): its checkpoint holds the scaler
 #   fractional   4 trials at resources.gpus_per_trial=0.25, 4 at once: each process capped to its share
 #                (peak_gpu_mb of every trial <= 1/4 of the GPU; the cap itself probed with an allocation)
+#   packed       8 trials (lora.r x train.lr) at once both ways: 8 unpacked at resources.gpus_per_trial=0.125
+#                vs resources.pack=8 on the whole GPU; summed tokens/s (target >= 3x) and peak GPU memory (the
+#                8 processes' peaks summed vs the pack's; target <= 0.3x) (issue 22)
 #   throughput   the throughput table of bench/bench_train.py (nf4 + bf16 on CUDA; its TRL rows need trl)
 # then one summary table: check, pass/fail, tokens/s, peak GPU MiB, seconds, notes.
 # On a machine without CUDA it says so and exits 0, having run nothing.
@@ -89,12 +92,18 @@ SIZE=(data.train=alpaca/random_9k.json data.eval_size=16 selection.n=128 train.m
 DEVICE=(train.device=cuda)
 SHARE=0.25
 CONCURRENT=4
+PACK=8  # the packed comparison's trials: lora.r x train.lr
+PACK_SPACE="search.space={lora.r: {grid: [4, 8, 16, 32]}, train.lr: {grid: [3.0e-4, 1.0e-3]}}"
+PACK_UNPACKED=(resources.gpus_per_trial=0.125 search.max_concurrent=8)
 if [ "$CPU_MODE" = 1 ]; then
     SIZE=(data.train=alpaca/random_9k.json data.eval_size=2 selection.n=4 train.max_seq_len=96 train.batch_size=4
           train.epochs=1 train.evals_per_epoch=1 resources.cpus_per_trial=1)
     DEVICE=(train.device=cpu)
     SHARE=0
     CONCURRENT=2
+    PACK=2
+    PACK_SPACE="search.space={lora.r: {grid: [4, 8]}}"
+    PACK_UNPACKED=(resources.gpus_per_trial=0 search.max_concurrent=2)
     STEP_S=${GPU_CHECK_TIMEOUT_S:-900}
 fi
 COMMON=(model.quantization=nf4 search.algorithm=grid search.num_samples=1 scheduler.type=fifo wandb.enabled=false
@@ -131,7 +140,28 @@ def num(v):
         return math.nan
 
 
-if kind == "cap":
+if kind == "pack":
+    def arm(run):
+        rows = list(csv.DictReader(open(out / "runs" / run / "results.csv"))) if (out / "runs" / run / "results.csv").exists() else []
+        if len(rows) != concurrent or any(r["status"] != "TERMINATED" for r in rows):
+            problems.append(f"{run}: " + ", ".join(f"{r['trial_id']} {r['status']}" for r in rows) + f" ({len(rows)} of {concurrent})")
+        if any(not math.isfinite(num(r.get("eval_loss"))) for r in rows):
+            problems.append(f"{run}: eval_loss not finite")
+        return rows
+
+    alone, packed = arm("pack_unpacked"), arm("pack_packed")
+    if packed and not all(r.get("pack_id") for r in packed):
+        problems.append("pack_packed: a trial without a pack_id")
+    rate = lambda rows: sum(num(r.get("tokens_per_second")) for r in rows)  # noqa: E731 - summed over trials at once
+    if alone and packed:
+        tps = f"{rate(packed):.0f} vs {rate(alone):.0f}"
+        notes.append(f"throughput {rate(packed) / rate(alone):.2f}x (target >= 3)")
+        if not cpu:
+            alone_peak = sum(num(r.get("peak_gpu_mb")) for r in alone)  # one process each, all at once
+            pack_peak = sum({r["pack_id"]: num(r.get("peak_gpu_mb")) for r in packed}.values())  # one per pack
+            peak = f"{pack_peak:.0f} vs {alone_peak:.0f}"
+            notes.append(f"peak GPU memory {pack_peak / alone_peak:.2f}x (target <= 0.3)")
+elif kind == "cap":
     log = out / "logs" / "cap.log"
     notes.append((log.read_text().strip().splitlines() or [""])[-1] if log.exists() else "")
 elif kind == "bench":
@@ -236,6 +266,12 @@ read -r rc secs < <(sweep fractional "$((STEP_S * 5 / 3))" train.bf16=auto "reso
     "search.max_concurrent=$CONCURRENT" "search.space={lora.r: {grid: [4, 8, 16, 32]}, lora.alpha: {tie: lora.r, times: 2}}" \
     | tail -n 1)
 evaluate fractional fractional "$rc" "$secs"
+
+t0=$SECONDS  # packed trials (issue 22): the same 8 configurations unpacked on GPU shares, then in one pack
+read -r rc1 _ < <(sweep pack_unpacked "$((STEP_S * 4 / 3))" train.bf16=auto "$PACK_SPACE" "${PACK_UNPACKED[@]}" | tail -n 1)
+read -r rc2 _ < <(sweep pack_packed "$((STEP_S * 4 / 3))" train.bf16=auto "$PACK_SPACE" "resources.pack=$PACK" \
+    "resources.gpus_per_trial=$ONE" "search.max_concurrent=$PACK" | tail -n 1)
+CONCURRENT=$PACK evaluate packed pack "$(( rc1 > rc2 ? rc1 : rc2 ))" "$((SECONDS - t0))"
 
 echo "gpu_check: throughput ..."
 t0=$SECONDS

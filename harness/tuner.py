@@ -19,8 +19,9 @@ from trainables.storage import Storage
 # GPUs); Ray needs some resource in its request, so it asks for a little memory instead of a CPU.
 DRIVER_MEMORY = 256 * 2**20
 # A packed trial only relays its pack actor's reports (the actor holds the CPUs and GPUs, trainables/pack_trial.py):
-# a sliver of a CPU, so that Tune runs resources.pack trials per pack on the CPUs the packs leave.
-PACKED_TRIAL_CPU = 0.01
+# no CPU, so that packs of cpus_per_trial fill the CPUs (with 0.01 each, 2 packs of 4 at 1 CPU needed 2.08 of 2
+# and the second pack waited for the first); memory for its process instead (~0.4 GiB measured, Ray and torch).
+PACKED_TRIAL_MEMORY = 512 * 2**20
 
 
 def trial_resources(base: dict[str, Any]) -> Any:
@@ -34,7 +35,7 @@ def trial_resources(base: dict[str, Any]) -> Any:
     def request(params: dict[str, Any]) -> Any:
         r = SweepConfig.model_validate(resolve(base, params, space)).resources
         if r.pack > 1:
-            bundle = {"CPU": PACKED_TRIAL_CPU}
+            bundle = {"CPU": 0, "memory": PACKED_TRIAL_MEMORY}
         elif r.workers_per_trial > 1:
             bundle = {"CPU": 0, "memory": DRIVER_MEMORY}
         else:

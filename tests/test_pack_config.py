@@ -79,3 +79,14 @@ def test_the_display_shows_which_trials_share_a_pack():
     Console(file=buf, width=200).print(display.table())
     header = next(ln for ln in buf.getvalue().splitlines() if "trial" in ln and "status" in ln)
     assert "pack" in header and sum("abc-0" in ln for ln in buf.getvalue().splitlines()) == 2
+
+
+def test_packed_trials_leave_every_cpu_to_their_packs():
+    """Two packs of 4 at 1 CPU on a 2-CPU machine: the members' own trials take no CPU, so both packs run
+    at once (before: 0.01 CPU each, 2 + 8 x 0.01 > 2, and the second pack waited for the first to end)."""
+    from harness.tuner import trial_resources
+
+    packed = trial_resources({"name": "p", "resources": {"pack": 4, "cpus_per_trial": 1}})({}).bundles
+    alone = trial_resources({"name": "p", "resources": {"pack": 1, "cpus_per_trial": 1}})({}).bundles
+    assert packed == [{"memory": 512 * 2**20}] and alone[0]["CPU"] == 1  # Ray drops the zero CPU
+    assert 2 * 1 + 8 * packed[0].get("CPU", 0) <= 2

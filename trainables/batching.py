@@ -127,7 +127,7 @@ def kept_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     """Logits only at `batch.keep` (transformers' logits_to_keep, so model-specific scaling /
     soft-capping of the head still applies), as float32 (rows, len(keep), vocab)."""
     with autocast():
-        if _takes_logits_to_keep(type(_unwrapped(model))):
+        if _takes_logits_to_keep(type(unwrapped_model(model))):
             logits = model(**batch.inputs, use_cache=False, logits_to_keep=batch.keep).logits
         else:  # an older or custom model: full logits, then the same positions
             logits = model(**batch.inputs, use_cache=False).logits[:, batch.keep]
@@ -150,7 +150,7 @@ def token_losses(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     ).view_as(batch.targets)
 
 
-def _unwrapped(model: Any) -> Any:
+def unwrapped_model(model: Any) -> Any:
     """The transformers model under peft, DistributedDataParallel and torch.compile wrappers."""
     model = getattr(model, "_orig_mod", model)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):

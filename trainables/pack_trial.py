@@ -1,7 +1,7 @@
 """A Ray Tune trial served by a pack actor (resources.pack > 1; trainables/pack_actor.py).
 
 The trial stays a Tune trial - its own reports, checkpoints, scheduler decisions, retries and --resume -
-but reserves only a sliver of a CPU: the training runs in a pack actor that holds the pack's resources and
+but reserves no CPU (only memory for its process): the training runs in a pack actor that holds the pack's resources and
 one copy of the base model for up to resources.pack trials with the same base (pack_actor.base_key).
 The trial joins a pack with its config and the TrainState of its last checkpoint, then hands each report
 the actor makes for it to Tune with its checkpoint. Whatever ends the trial - its last report, the
