@@ -13,6 +13,8 @@ import torch
 from trainables.batching import (
     collate,
     group_by_length,
+    kept_logits,
+    label_logits,
     micro_batches,
     pack,
     packing_isolates,
@@ -103,6 +105,33 @@ def test_packed_logits_equal_unpacked_ones(model, encoded):
         summed = [token_loss_sum(model, b, NO_AUTOCAST) for b in (pack(rows), collate(rows, 0))]
     assert float(summed[0]) == pytest.approx(float(summed[1]), rel=1e-5)
     assert packing_isolates(model, "cpu", NO_AUTOCAST)
+
+
+class WithoutLogitsToKeep(torch.nn.Module):
+    """A real model behind a forward that does not take logits_to_keep (an older or custom model)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **kwargs):
+        return self.inner(**kwargs)
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+
+def test_label_logits_are_each_rows_own_response_positions(model, encoded):
+    """Rows of different prompt and answer lengths: logits_to_keep computes every row at the union of
+    their response positions; label_logits only at each row's own, with or without logits_to_keep."""
+    batch = collate(encoded[:4], 0)
+    wanted = batch.targets != IGNORE
+    assert int(wanted.sum()) < wanted.numel()  # the union is more than each row's own
+    with torch.no_grad():
+        union = kept_logits(model, batch, NO_AUTOCAST)
+        for m in (model, WithoutLogitsToKeep(model)):
+            torch.testing.assert_close(label_logits(m, batch, NO_AUTOCAST), union[wanted], atol=2e-4, rtol=1e-4)
+        assert not model.get_output_embeddings()._forward_pre_hooks  # the hook is gone after the call
 
 
 class IgnoresPositions(torch.nn.Module):

@@ -13,7 +13,7 @@ from harness.display import SweepDisplay
 from harness.results import trial_row
 from harness.sweep import main
 from results_contract import LEAD
-from trainables.pack_actor import base_key
+from trainables.pack_trial import base_key
 from trainables.schema import trial_config
 
 NO_DDP = ("resources.pack: packed trials train in one process, not data-parallel (workers_per_trial: 2); set "

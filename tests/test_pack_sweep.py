@@ -72,6 +72,9 @@ def test_the_pack_columns_name_the_pack_and_its_other_members(sweeps):
     assert all(ids - {r["trial_id"]} <= set(r["packed_with"].split(";")) | {packed[LRS[3]]["row"]["trial_id"]}
                for r in first if r["trial_id"] in ids)
     assert "pack_id" not in alone[LRS[0]]["row"]  # unpacked: the table as before
+    for lr in LRS[:3]:  # a member's own process only relays (no torch): a fraction of its pack worker's memory
+        for h in packed[lr]["reports"].values():
+            assert 0 < h["relay_peak_rss_mb"] < h["peak_rss_mb"] / 5, (lr, h)
     assert " in pack " in packed[LRS[0]]["console"]
 
 

@@ -134,6 +134,30 @@ def kept_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     return logits.float()
 
 
+def label_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
+    """Logits only at each row's own response positions, as float32 (labels, vocab) in row order, for the
+    targets batch.targets[batch.targets != IGNORE]. kept_logits computes every row at the union of the rows'
+    positions (logits_to_keep takes one list for all rows); here a forward pre-hook on the output layer
+    gathers each row's own hidden states, so what the model does after its head (scaling, soft-capping)
+    still applies. For rows of unrelated lengths and prompts (a pack's members) the union is most of the row."""
+    wanted = batch.targets != IGNORE  # (rows, len(keep))
+    full = torch.zeros_like(batch.inputs["input_ids"], dtype=torch.bool)  # the same, over every position
+    full[:, batch.keep] = wanted
+    takes_keep = _takes_logits_to_keep(type(unwrapped_model(model)))
+
+    def gather(_head: Any, args: tuple) -> tuple:
+        return (args[0][wanted if takes_keep else full].unsqueeze(0), *args[1:])  # (1, labels, hidden)
+
+    hook = unwrapped_model(model).get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        with autocast():
+            extra = {"logits_to_keep": batch.keep} if takes_keep else {}
+            logits = model(**batch.inputs, use_cache=False, **extra).logits
+    finally:
+        hook.remove()
+    return logits[0].float()
+
+
 def token_loss_sum(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     """Summed cross-entropy over response tokens (the model's own loss is a per-batch mean)."""
     logits = kept_logits(model, batch, autocast)

@@ -35,8 +35,7 @@ import torch
 
 from trainables.batching import Batch
 from trainables.data.tokenize import IGNORE
-
-REUSE_WAIT_S = 300  # the most a reused worker waits for its last trial's clean-up before taking the next
+from trainables.paths import REUSE_WAIT_S
 
 
 @contextlib.contextmanager
@@ -44,9 +43,6 @@ def trial_process() -> Iterator[None]:
     """One Tune trial in a worker process that may have run other trials before (ray.reuse_workers):
     the process's peak-memory counters start again with this trial, and what the trial allocated is
     handed back when it ends, so the next trial in the same process starts from the same memory."""
-    # Ray hands this process its next trial once this trial's thread has ended, waiting
-    # TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) and failing that next trial otherwise ("Trainable runner
-    # reuse requires reset_config()"); the clean-up below alone took longer on a loaded 2-core machine.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))
     with contextlib.suppress(OSError):  # Linux: "5" resets the peak RSS (VmHWM, ru_maxrss) to the current
         Path("/proc/self/clear_refs").write_text("5")

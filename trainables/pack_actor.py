@@ -13,8 +13,7 @@ removed and its trial raises the error; the others go on.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import io
 import queue
 import threading
 import time
@@ -27,14 +26,6 @@ from trainables.distributed import Session
 from trainables.schema import SweepConfig, trial_config
 
 IDLE_EXIT_S = 20.0  # an empty pack waits this long for a next trial before its process exits (frees its resources)
-
-
-def base_key(cfg: SweepConfig) -> str:
-    """What fixes the base computation: trials with the same key may share a pack, others never."""
-    tc = cfg.train
-    fixed = {"model": cfg.model.model_dump(), "bf16": tc.bf16, "device": tc.device, "max_seq_len": tc.max_seq_len,
-             "packing": tc.packing, "checkpointing": tc.gradient_checkpointing, "target": cfg.lora.target_modules, "template": cfg.data.prompt_template, "resources": cfg.resources.model_dump()}
-    return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 class MemberSession(Session):
@@ -50,6 +41,11 @@ class MemberSession(Session):
         return self.saved
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        """Queued for the trial's process, the TrainState as state.pt's bytes (that process has no torch)."""
+        if state is not None:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            state = buffer.getvalue()
         self.reports.put(("report", {**self.tagged(metrics), **self.pack}, state))
 
 
@@ -121,7 +117,7 @@ class PackActor:
     # ------------------------------------------------------------------ called by the member trials
 
     def join(self, trial_id: str, params: dict[str, Any], base: dict[str, Any], storage: str,
-             tokens: tuple[str, dict], saved: dict[str, Any] | None) -> str:
+             tokens: tuple[str, dict], saved: bytes | None) -> str:
         """"joined", or "full" (the trial tries the next pack). The member is set up here (the trial's recipe
         steps), its reports then come from next_report."""
         with self.slots:
@@ -133,7 +129,8 @@ class PackActor:
         try:
             with self.lock:
                 self._drop_gone()  # a retry of a trial that left: its old member first
-                self._set_up(trial_id, trial_config(base, params), storage, tokens, saved)
+                state = torch.load(io.BytesIO(saved), weights_only=False) if saved else None  # its state.pt
+                self._set_up(trial_id, trial_config(base, params), storage, tokens, state)
         except BaseException as e:  # noqa: BLE001 - the trial raises it (next_report)
             with self.lock:
                 self._drop(trial_id)
@@ -154,9 +151,6 @@ class PackActor:
             if not self.reserved:
                 self.empty_since = time.monotonic()
         self.wake.set()
-
-    def ping(self) -> str:
-        return self.pack_id
 
     # ------------------------------------------------------------------ set up (the trial's recipe)
 

@@ -1,27 +1,45 @@
 """A Ray Tune trial served by a pack actor (resources.pack > 1; trainables/pack_actor.py).
 
 The trial stays a Tune trial - its own reports, checkpoints, scheduler decisions, retries and --resume -
-but reserves no CPU (only memory for its process): the training runs in a pack actor that holds the pack's resources and
-one copy of the base model for up to resources.pack trials with the same base (pack_actor.base_key).
-The trial joins a pack with its config and the TrainState of its last checkpoint, then hands each report
-the actor makes for it to Tune with its checkpoint. Whatever ends the trial - its last report, the
-scheduler stopping it (Tune's report raises SystemExit), an error - it leaves the pack, so the next
-pending trial can take its place.
+but reserves no CPU (only memory for its process): the training runs in a pack actor that holds the pack's
+resources and one copy of the base model for up to resources.pack trials with the same base (base_key).
+The trial joins a pack with its config and its last checkpoint, then hands each report the actor makes for
+it to Tune with its checkpoint. Whatever ends the trial - its last report, the scheduler stopping it
+(Tune's report raises SystemExit), an error - it leaves the pack, so the next pending trial can take its
+place. This process never imports torch (~180 MB a process; k of them per pack): the actor serialises
+each TrainState (state.pt's bytes) and the trial writes those bytes, with the report beside them
+(report.json), which is what it reads back on a resume.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import resource
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from trainables.schema import SweepConfig
 from trainables.secrets import masking_errors
 
 JOIN_RETRY_S = 1.0
+STATE, REPORT = "state.pt", "report.json"  # a packed trial's checkpoint: the TrainState, and its report
 
 
 def pack_name(sweep: str, key: str, index: int) -> str:
     return f"pack-{sweep}-{key}-{index}"
+
+
+def base_key(cfg: SweepConfig) -> str:
+    """What fixes the base computation: trials with the same key may share a pack, others never."""
+    tc = cfg.train
+    fixed = {"model": cfg.model.model_dump(), "bf16": tc.bf16, "device": tc.device, "max_seq_len": tc.max_seq_len,
+             "packing": tc.packing, "checkpointing": tc.gradient_checkpointing, "target": cfg.lora.target_modules,
+             "template": cfg.data.prompt_template, "resources": cfg.resources.model_dump()}
+    return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 @masking_errors
@@ -30,35 +48,57 @@ def pack_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
     import ray
     from ray import tune
 
-    from trainables.distributed import REUSE_WAIT_S, Session
-    from trainables.pack_actor import base_key
+    from trainables.paths import REUSE_WAIT_S, had_ended
     from trainables.schema import trial_config
     from trainables.storage import Storage
-    from trainables.training import memory
-    from trainables.trial import had_ended
 
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))  # as distributed.trial_process
     cfg = trial_config(base, params)
-    session = Session(tune.get_context().get_trial_id())
-    saved = session.get_checkpoint()
-    if saved and saved.get("metrics"):
-        last = saved["metrics"]
-        trial_dir = Storage(storage).workdir(f"trials/{session.trial_id}")
+    trial_id = tune.get_context().get_trial_id()
+    state, last = _last_checkpoint()
+    if last:
+        trial_dir = Storage(storage).workdir(f"trials/{trial_id}")
         if had_ended(last.get("step", 0), last.get("total_steps", float("inf")), trial_dir):
-            session.report({**last, "resumed_from_report": last["report"]})
+            tune.report({**last, "resumed_from_report": last["report"]})
             return
-    actor = _join(cfg, base_key(cfg), session.trial_id, (params, base, storage, tokens, saved))
+    actor = _join(cfg, base_key(cfg), trial_id, (params, base, storage, tokens, state))
     try:
         while True:
-            kind, value, state = ray.get(actor.next_report.remote(session.trial_id))
+            kind, value, state = ray.get(actor.next_report.remote(trial_id))
             if kind == "error":
                 raise value
             # this process's own memory too: a pack's cost is its actor and every member's relay process
-            session.report({**value, "relay_peak_rss_mb": memory("cpu")["peak_rss_mb"]}, state)
+            _report({**value, "relay_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, state)
             if value["step"] >= value["total_steps"]:
                 return
     finally:
-        ray.get(actor.leave.remote(session.trial_id))
+        ray.get(actor.leave.remote(trial_id))
+
+
+def _last_checkpoint() -> tuple[bytes | None, dict[str, Any]]:
+    """The trial's last checkpoint: its TrainState's bytes (the actor loads them) and its report."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, {}
+    with checkpoint.as_directory() as d:
+        report = Path(d, REPORT)
+        return Path(d, STATE).read_bytes(), json.loads(report.read_text()) if report.exists() else {}
+
+
+def _report(metrics: dict[str, Any], state: bytes | None) -> None:
+    """The report to Tune, with the TrainState the actor serialised as its checkpoint (Session.report's
+    layout, state.pt, so that a checkpoint is read the same way packed or not)."""
+    from ray import tune
+
+    if state is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, STATE).write_bytes(state)
+        Path(d, REPORT).write_text(json.dumps(metrics, default=str))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def _join(cfg: Any, key: str, trial_id: str, args: tuple) -> Any:
@@ -66,13 +106,11 @@ def _join(cfg: Any, key: str, trial_id: str, args: tuple) -> Any:
     Ray actor with the pack's resources, outside the trial's placement group."""
     import ray
 
-    from trainables.pack_actor import PackActor
-
     res = cfg.resources
     index = 0
     while True:
         name = pack_name(cfg.name, key, index)
-        actor = ray.remote(PackActor).options(
+        actor = ray.remote(PackHost).options(
             name=name, get_if_exists=True, lifetime="detached", max_concurrency=2 * res.pack + 4,
             num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, scheduling_strategy="DEFAULT",
         ).remote(f"{key}-{index}", res.pack)
@@ -84,3 +122,22 @@ def _join(cfg: Any, key: str, trial_id: str, args: tuple) -> Any:
         if answer == "joined":
             return actor
         index += 1
+
+
+class PackHost:
+    """The pack actor's Ray class as its trials see it: the PackActor itself (torch, the model) is made in
+    the actor's own process, so that a trial's process never imports it."""
+
+    def __init__(self, pack_id: str, capacity: int):
+        from trainables.pack_actor import PackActor
+
+        self.pack = PackActor(pack_id, capacity)
+
+    def join(self, *args: Any) -> str:
+        return self.pack.join(*args)
+
+    def next_report(self, trial_id: str) -> tuple[str, Any, Any]:
+        return self.pack.next_report(trial_id)
+
+    def leave(self, trial_id: str) -> None:
+        self.pack.leave(trial_id)

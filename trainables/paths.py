@@ -86,3 +86,16 @@ def trial_ended(trial_dir: Path) -> str | None:
         return (Path(trial_dir) / ENDED).read_text(encoding="utf-8").strip() or "complete"  # older runs: empty
     except OSError:
         return None
+
+
+def had_ended(step: int, total_steps: float, trial_dir: Path) -> bool:
+    """Whether a restored trial had finished, or been stopped by the scheduler (the driver's .ended marker),
+    before the driver died: then it says its last report again (its own figures) and trains nothing."""
+    return step >= total_steps or trial_ended(trial_dir) == "complete"
+
+
+# Ray hands a reused worker its next trial once the last trial's thread has ended, waiting
+# TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) and failing that next trial otherwise ("Trainable runner reuse
+# requires reset_config()"); a trial's clean-up alone took longer on a loaded 2-core machine. Here, not in
+# trainables/distributed.py, because a packed trial's process (trainables/pack_trial.py) never imports torch.
+REUSE_WAIT_S = 300  # the most a reused worker waits for its last trial's clean-up before taking the next

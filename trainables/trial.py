@@ -32,7 +32,7 @@ import torch
 
 from trainables.batching import Batch, Encoded, collate, pack
 from trainables.data.tokenize import IGNORE, worker_tokens
-from trainables.paths import atomic_write_text, trial_ended
+from trainables.paths import atomic_write_text, had_ended
 from trainables.schema import SweepConfig, trial_config
 from trainables.secrets import masking_errors, redact
 from trainables.storage import Storage
@@ -182,12 +182,6 @@ def train_loop(cfg: SweepConfig, *, storage: str, tokens: tuple[str, dict], sess
         **m.load_times, **resumed,
     }
     train(trial, m, data, adapter, state, static)
-
-
-def had_ended(step: int, total_steps: float, trial_dir: Path) -> bool:
-    """Whether a restored trial had finished, or been stopped by the scheduler (the driver's .ended marker),
-    before the driver died: then it says its last report again (its own figures) and trains nothing."""
-    return step >= total_steps or trial_ended(trial_dir) == "complete"
 
 
 # ----------------------------------------------------------------------------- set up

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from trainables.batching import Batch, Encoded, collate, kept_logits, pack, unwrapped_model
+from trainables.batching import Batch, Encoded, collate, label_logits, pack
 from trainables.data.tokenize import IGNORE
 from trainables.pack.multilora import PackedLora
 
@@ -116,23 +116,9 @@ def _padded_layout(parts: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor,
 def _member_sums(model: Any, batch: Batch, rows: list[tuple[str, int]], autocast: Callable[[], Any],
                  ) -> dict[str, torch.Tensor]:
     """One forward of the round's batch through the base (inside its `routed`): each member's summed token
-    loss. The head runs only at each row's own response positions: logits_to_keep takes one list of positions
-    for all rows (their union, up to k times what each member needs), so a pre-hook on the output layer
-    gathers the rows' own; what the model does after its head (scaling, soft-capping) still applies."""
-    wanted = batch.targets != IGNORE  # (rows, len(keep))
-    full = torch.zeros_like(batch.inputs["input_ids"], dtype=torch.bool)  # the same, over every position
-    full[:, batch.keep] = wanted
-
-    def gather(_head: Any, args: tuple) -> tuple:
-        hidden = args[0]  # (rows, len(keep), hidden); (rows, width, hidden) for a model without logits_to_keep
-        return (hidden[wanted if hidden.shape[1] == wanted.shape[1] else full].unsqueeze(0), *args[1:])
-
-    hook = unwrapped_model(model).get_output_embeddings().register_forward_pre_hook(gather)
-    try:
-        logits = kept_logits(model, batch, autocast)[0]  # (labels, vocab): every row's, in row order
-    finally:
-        hook.remove()
-    losses = F.cross_entropy(logits, batch.targets[wanted], reduction="none")
+    loss, from the logits at its own rows' response positions only (batching.label_logits)."""
+    wanted = batch.targets != IGNORE
+    losses = F.cross_entropy(label_logits(model, batch, autocast), batch.targets[wanted], reduction="none")
     row_member = torch.repeat_interleave(torch.arange(len(rows), device=losses.device),
                                          torch.tensor([n for _, n in rows], device=losses.device))
     per_member = losses.new_zeros(len(rows)).index_add(0, row_member.unsqueeze(1).expand_as(wanted)[wanted], losses)
