@@ -272,3 +272,30 @@ def test_a_pack_refuses_what_it_cannot_compute(base):
         plain = lora.model(input_ids=ids).logits
     assert torch.equal(plain, base(input_ids=ids).logits)
     assert lora.unwrap() is lora.model and not any("MultiLora" in type(mod).__name__ for mod in lora.model.modules())
+
+
+def test_gradient_checkpointing_recomputes_each_round_inside_its_route(base, rows):
+    """train.gradient_checkpointing in a pack (trial.prepare_base, as a trial's base gets it): each layer's
+    forward runs again in the backward, inside the round's route (outside it a MultiLoraLinear refuses to
+    run), and the members lose what they lose without it."""
+    from trainables.schema import trial_config
+    from trainables.trial import prepare_base
+
+    train, _ = rows
+    losses, calls = {}, {}
+    for on in (False, True):
+        p = Pack(base)
+        prepare_base(trial_config({"name": "t", "train": {"gradient_checkpointing": on}}, {}), p.model)
+        assert p.model.is_gradient_checkpointing == on
+        for m in "ab":
+            p.add(PLANS[m])
+        layer = next(iter(p.lora.layers.values()))
+        calls[on] = 0
+        hook = layer.register_forward_hook(lambda *_, on=on: calls.__setitem__(on, calls[on] + 1))
+        for _ in range(2):
+            p.step(train)
+        hook.remove()
+        losses[on] = p.losses
+    assert calls[True] == 2 * calls[False] > 0
+    for m in "ab":
+        assert losses[True][m] == pytest.approx(losses[False][m], abs=1e-5), m

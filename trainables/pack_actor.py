@@ -165,7 +165,7 @@ class PackActor:
             from trainables.pack import PackedLora
 
             self.m = recipe.set_up_model(cfg)
-            self.packed = PackedLora(self.m.model, cfg.lora.target_modules)
+            self.packed = PackedLora(recipe.prepare_base(cfg, self.m.model), cfg.lora.target_modules)
         with self.packed.base_only():  # a selection that scores examples runs the base model
             data = recipe.set_up_data(cfg, self.m, tokens, opened)
         adapter = self._set_up_adapter(trial_id, cfg, data)

@@ -276,19 +276,27 @@ def set_up_data(cfg: SweepConfig, m: Model, tokens: tuple[str, dict], trial: Ope
                 stats)
 
 
-def set_up_adapter(cfg: SweepConfig, m: Model, data: Data) -> Adapter:
-    """LoRA on the base model (on its 4-bit weights for nf4), the optimizer and the LR schedule."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import get_scheduler
+def prepare_base(cfg: SweepConfig, model: Any) -> Any:
+    """The base model made ready for LoRA training, in place: nf4's k-bit preparation, gradient checkpointing.
+    A trial's and a pack's (trainables/pack_actor.py) alike."""
+    from peft import prepare_model_for_kbit_training
 
-    tc, model = cfg.train, m.model
     checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     if cfg.model.quantization == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing,
-                                                **checkpointing)
-    elif tc.gradient_checkpointing:
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                                               **checkpointing)
+    if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(**checkpointing)
-    model = get_peft_model(model, LoraConfig(
+    return model
+
+
+def set_up_adapter(cfg: SweepConfig, m: Model, data: Data) -> Adapter:
+    """LoRA on the base model (on its 4-bit weights for nf4), the optimizer and the LR schedule."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
+
+    tc = cfg.train
+    model = get_peft_model(prepare_base(cfg, m.model), LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
     ))
