@@ -421,7 +421,7 @@ def sweep_overhead(tmp: Path, n_examples: int, fresh_too: bool = False, per_slot
     return out
 
 
-def packed_sweeps(tmp: Path, n_examples: int) -> list[dict[str, Any]]:
+def packed_sweeps(tmp: Path, n_examples: int, only: set[str] | None = None) -> list[dict[str, Any]]:
     """8 trials of a lora_rank-like space (r x lr), all at once both ways: `pack: 4` in 2 pack workers of 1 CPU
     vs 8 unpacked trials of 0.25 CPU each; and today's default, 2 unpacked trials of 1 CPU at a time. Wall
     time, and the sum over processes of each one's peak RSS: a pack's members report their pack worker's and,
@@ -438,7 +438,7 @@ def packed_sweeps(tmp: Path, n_examples: int) -> list[dict[str, Any]]:
             ("unpacked_x8", ["resources.cpus_per_trial=0.25", "search.max_concurrent=8"]),
             ("unpacked_x2", ["resources.cpus_per_trial=1", "search.max_concurrent=2"])]
     out = []
-    for name, extra in arms:
+    for name, extra in [(n, e) for n, e in arms if not only or n in only]:
         log(f"packed sweeps: {name} ...")
         r = run_sweep(name, tmp, common[0], common[1:] + extra)
         peaks: dict[Any, float] = {}  # worker -> its peak: a pack (its members relay its figure), else a process
@@ -685,6 +685,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sweep-concurrency", default="1,2", help="comma list of concurrencies (default 1,2)")
     ap.add_argument("--sweep-fresh", action="store_true", help="also run the overhead sweeps with a fresh "
                                                                  "process per trial (ray.reuse_workers=false)")
+    ap.add_argument("--pack-arms", default="", help="comma list of the packed section's arms (pack4_x2, "
+                    "pack4_x2_ckpt, unpacked_x8, unpacked_x2); default all")
     ap.add_argument("--pack-examples", type=int, default=100, help="examples per trial of the packed-sweep "
                                                                     "comparison (100 ~ a lora_rank trial)")
     ap.add_argument("--scaling", action="store_true", help="training time vs subset size and sequence length")
@@ -749,7 +751,8 @@ def main() -> None:
         if "ttb" in sections:
             section("time_to_best", lambda: time_to_best(Path(tmp)))
         if "packed" in sections:
-            section("packed", lambda: packed_sweeps(Path(tmp), args.pack_examples))
+            section("packed", lambda: packed_sweeps(Path(tmp), args.pack_examples,
+                                                    {a for a in args.pack_arms.split(",") if a}))
     if "scaling" in sections:
         section("scaling", lambda: scaling(s))
     print_table(result)

@@ -277,7 +277,8 @@ def test_a_pack_refuses_what_it_cannot_compute(base):
 def test_gradient_checkpointing_recomputes_each_round_inside_its_route(base, rows):
     """train.gradient_checkpointing in a pack (trial.prepare_base, as a trial's base gets it): each layer's
     forward runs again in the backward, inside the round's route (outside it a MultiLoraLinear refuses to
-    run), and the members lose what they lose without it."""
+    run), and the members lose what they lose without it. The step puts the model in train mode itself
+    (before: a pack trained in eval mode until its first report - no dropout, no checkpointing)."""
     from trainables.schema import trial_config
     from trainables.trial import prepare_base
 
@@ -290,6 +291,7 @@ def test_gradient_checkpointing_recomputes_each_round_inside_its_route(base, row
         for m in "ab":
             p.add(PLANS[m])
         layer = next(iter(p.lora.layers.values()))
+        p.model.eval()  # as from_pretrained gives it and a member's report leaves it: the step trains anyway
         calls[on] = 0
         hook = layer.register_forward_hook(lambda *_, on=on: calls.__setitem__(on, calls[on] + 1))
         for _ in range(2):

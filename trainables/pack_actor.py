@@ -284,7 +284,6 @@ class PackActor:
             self._drop(tid)
             mb.reports.put(("error", e, None))
             return
-        mb.adapter.model.train()
         mb.window_loss, mb.window_tokens, mb.t_window = torch.zeros((), device=self.m.device), 0, time.perf_counter()
 
 

@@ -136,6 +136,7 @@ def packed_train_step(packed: PackedLora, model: Any, steps: dict[str, list[Batc
         raise ValueError(f"packed_train_step: no micro-batch for {', '.join(empty)} in this step")
     device = next(iter(steps.values()))[0].targets.device
     totals = {m: torch.zeros((), device=device) for m in steps}
+    model.train()  # as loaded, or as a member's report left it, the model is in eval mode: no dropout, no checkpointing
     for j in range(max(len(batches) for batches in steps.values())):
         batch, rows = concat_rows({m: batches[j] for m, batches in steps.items() if j < len(batches)})
         with packed.routed(rows):  # the backward too: gradient checkpointing recomputes the forward in it
