@@ -79,6 +79,11 @@ def trials_of(state: dict) -> list[tuple[dict, dict]]:
     return out
 
 
+def _put(entry: list, index: int, obj: dict) -> None:
+    """A changed trial (0) or run metadata (1) back into its trial_data entry, as Ray wrote it (a JSON string)."""
+    entry[index] = json.dumps(obj) if isinstance(entry[index], str) else obj
+
+
 def saved_state(tune_dir: Path, notes: list[str] | None = None) -> dict | None:
     """The experiment state Tuner.restore will read (the newest experiment_state-*.json in tune_dir),
     first brought up to date: Ray's staging copy on this machine replaces it when it is newer (written
@@ -149,7 +154,7 @@ def _mark_failed(state: dict, failed: set[str]) -> list[str]:
         trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
         if trial.get("trial_id") in failed and trial.get("status") in UNFINISHED:
             trial["status"] = "ERROR"
-            entry[0] = json.dumps(trial) if isinstance(entry[0], str) else trial
+            _put(entry, 0, trial)
             notes.append(f"trial {trial['trial_id']}: had failed after the last saved state; kept as failed")
     return notes
 
@@ -177,7 +182,7 @@ def _forget_missing_checkpoints(state: dict) -> bool:
         if len(kept) < len(listed):
             manager._checkpoint_results = kept
             blob["value"] = binary_to_hex(cloudpickle.dumps(manager))
-            entry[1] = json.dumps(meta) if isinstance(entry[1], str) else meta
+            _put(entry, 1, meta)
             changed = True
     return changed
 
@@ -246,8 +251,8 @@ def _adopt_unlisted(tune_dir: Path, entry: list) -> str | None:
     storage.current_checkpoint_index = _index(checkpoint.name)
     blobs[0]["value"] = binary_to_hex(cloudpickle.dumps(storage))
     blobs[1]["value"] = binary_to_hex(cloudpickle.dumps(manager))
-    entry[0] = json.dumps(trial) if isinstance(entry[0], str) else trial
-    entry[1] = json.dumps(meta) if isinstance(entry[1], str) else meta
+    _put(entry, 0, trial)
+    _put(entry, 1, meta)
     for stale in on_disk:
         if stale != checkpoint:
             shutil.rmtree(stale, ignore_errors=True)

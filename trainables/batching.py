@@ -140,13 +140,13 @@ def label_logits(model: Any, batch: Batch, autocast: Any) -> torch.Tensor:
     positions (logits_to_keep takes one list for all rows); here a forward pre-hook on the output layer
     gathers each row's own hidden states, so what the model does after its head (scaling, soft-capping)
     still applies. For rows of unrelated lengths and prompts (a pack's members) the union is most of the row."""
-    wanted = batch.targets != IGNORE  # (rows, len(keep))
-    full = torch.zeros_like(batch.inputs["input_ids"], dtype=torch.bool)  # the same, over every position
-    full[:, batch.keep] = wanted
     takes_keep = _takes_logits_to_keep(type(unwrapped_model(model)))
+    mask = batch.targets != IGNORE  # (rows, len(keep)): what the head sees under logits_to_keep
+    if not takes_keep:  # the head sees every position: the same mask over the whole row
+        mask = torch.zeros_like(batch.inputs["input_ids"], dtype=torch.bool).index_copy(1, batch.keep, mask)
 
     def gather(_head: Any, args: tuple) -> tuple:
-        return (args[0][wanted if takes_keep else full].unsqueeze(0), *args[1:])  # (1, labels, hidden)
+        return (args[0][mask].unsqueeze(0), *args[1:])  # (1, labels, hidden)
 
     hook = unwrapped_model(model).get_output_embeddings().register_forward_pre_hook(gather)
     try:
