@@ -52,6 +52,7 @@ import torch  # noqa: E402
 from trainables.batching import Encoded, padding_fraction  # noqa: E402
 from trainables.data.formats import load_examples  # noqa: E402
 from trainables.data.tokenize import IGNORE, Tokens, encode  # noqa: E402
+from trainables.pack_actor import MMAP_THRESHOLD  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 DATA = "alpaca/random_9k.json"
@@ -366,8 +367,9 @@ def model_load() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- sweeps
 
 
-def run_sweep(name: str, out: Path, sweep: str, overrides: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+def run_sweep(name: str, out: Path, sweep: str, overrides: list[str], env_extra: dict[str, str] | None = None,
+              ) -> dict[str, Any]:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **(env_extra or {})}
     t0, started = time.perf_counter(), time.time()
     proc = subprocess.run([sys.executable, "-m", "harness.sweep", sweep, f"name={name}", f"output.dir={out}",
                            "--no-report", *overrides], cwd=REPO, env=env, capture_output=True, text=True)
@@ -432,15 +434,22 @@ def packed_sweeps(tmp: Path, n_examples: int, only: set[str] | None = None) -> l
               f"selection.n={n_examples}", "data.eval_size=8", "train.max_seq_len=128", "train.evals_per_epoch=2",
               "scheduler.type=fifo", "wandb.enabled=false", "lora.dropout=0"]
     arms = [("pack4_x2", ["resources.pack=4", "resources.cpus_per_trial=1", "search.max_concurrent=8"]),
-            # a pack's activations grow with its k members' rows; recomputing them is what the base can't share
+            # the 4 members' rows in one forward/backward per round (a GPU's default; the CPU's: one member a pass)
+            ("pack4_x2_onepass", ["resources.pack=4", "resources.cpus_per_trial=1", "search.max_concurrent=8",
+                                  "resources.pack_members_per_pass=4"]),
+            # a pack's activations grow with the rows of a pass; recomputing them is what the base can't share
             ("pack4_x2_ckpt", ["resources.pack=4", "resources.cpus_per_trial=1", "search.max_concurrent=8",
                                "train.gradient_checkpointing=true"]),
             ("unpacked_x8", ["resources.cpus_per_trial=0.25", "search.max_concurrent=8"]),
+            # the allocator setting every pack process has (pack_actor.MMAP_THRESHOLD), given to every trial
+            # through the environment Ray's workers inherit: how much of a pack's saving is the allocator's
+            ("unpacked_x8_mmap", ["resources.cpus_per_trial=0.25", "search.max_concurrent=8"]),
             ("unpacked_x2", ["resources.cpus_per_trial=1", "search.max_concurrent=2"])]
     out = []
     for name, extra in [(n, e) for n, e in arms if not only or n in only]:
         log(f"packed sweeps: {name} ...")
-        r = run_sweep(name, tmp, common[0], common[1:] + extra)
+        env = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)} if name.endswith("_mmap") else None
+        r = run_sweep(name, tmp, common[0], common[1:] + extra, env)
         peaks: dict[Any, float] = {}  # worker -> its peak: a pack (its members relay its figure), else a process
         relays: dict[str, float] = {}  # a packed trial's own process
         for row in r["rows"]:
@@ -468,12 +477,17 @@ def _print_packed(result: dict[str, Any]) -> None:
     for r in arms.values():
         print(f"{r['arm']:<14}{r['trials']:>7}{r['wall_seconds']:>8.0f}{r['workers']:>8}{r['workers_peak_rss_mb']:>11.0f}"
               f"{r['relays_peak_rss_mb']:>10.0f}{r['sum_peak_rss_mb']:>16.0f}{r['tokens_per_second']:>9.1f}")
-    u8, u2 = arms.get("unpacked_x8"), arms.get("unpacked_x2")
-    for name, label in (("pack4_x2", "pack 4 x 2"), ("pack4_x2_ckpt", "pack 4 x 2, gradient checkpointing")):
+    u8, u2, u8m = arms.get("unpacked_x8"), arms.get("unpacked_x2"), arms.get("unpacked_x8_mmap")
+    for name, label in (("pack4_x2", "pack 4 x 2"), ("pack4_x2_onepass", "pack 4 x 2, one pass per round"),
+                        ("pack4_x2_ckpt", "pack 4 x 2, gradient checkpointing")):
         p = arms.get(name)
         if p and u8:
             print(f"{label} vs 8 unpacked: wall {p['wall_seconds'] / u8['wall_seconds']:.2f}x (target <= 1.0), "
                   f"peak memory {p['sum_peak_rss_mb'] / u8['sum_peak_rss_mb']:.2f}x (target <= 0.4)")
+        if p and u8m:
+            print(f"{label} vs 8 unpacked with the pack's allocator setting: wall "
+                  f"{p['wall_seconds'] / u8m['wall_seconds']:.2f}x, peak memory "
+                  f"{p['sum_peak_rss_mb'] / u8m['sum_peak_rss_mb']:.2f}x")
         if p and u2:
             print(f"{label} vs today's default (2 unpacked at a time): wall "
                   f"{p['wall_seconds'] / u2['wall_seconds']:.2f}x, peak memory {p['sum_peak_rss_mb'] / u2['sum_peak_rss_mb']:.2f}x")
@@ -686,7 +700,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sweep-fresh", action="store_true", help="also run the overhead sweeps with a fresh "
                                                                  "process per trial (ray.reuse_workers=false)")
     ap.add_argument("--pack-arms", default="", help="comma list of the packed section's arms (pack4_x2, "
-                    "pack4_x2_ckpt, unpacked_x8, unpacked_x2); default all")
+                    "pack4_x2_onepass, pack4_x2_ckpt, unpacked_x8, unpacked_x8_mmap, unpacked_x2); default all")
     ap.add_argument("--pack-examples", type=int, default=100, help="examples per trial of the packed-sweep "
                                                                     "comparison (100 ~ a lora_rank trial)")
     ap.add_argument("--scaling", action="store_true", help="training time vs subset size and sequence length")

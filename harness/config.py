@@ -357,15 +357,22 @@ def resource_problems(r: ResourcesConfig, ray_address: str) -> list[str]:
 
 def pack_problems(cfg: SweepConfig) -> list[str]:
     """What packed trials (resources.pack > 1, trainables/pack_actor.py) cannot do yet: one line each."""
-    if cfg.resources.pack == 1:
-        return []
+    r = cfg.resources
+    if r.pack == 1:
+        return ([] if r.pack_members_per_pass is None else
+                ["resources.pack_members_per_pass: only packed trials have members; set resources.pack above 1 "
+                 "or remove resources.pack_members_per_pass"])
     from trainables.evaluate import EVALUATORS
 
     fix = "set resources.pack: 1"
     problems = []
-    if "resources.pack" in cfg.search.space:
-        problems.append(f"search.space: resources.pack cannot be searched (it decides how every trial runs); {fix} "
-                        "or a fixed value")
+    for name in ("resources.pack", "resources.pack_members_per_pass"):
+        if name in cfg.search.space:
+            problems.append(f"search.space: {name} cannot be searched (it decides how every trial runs); "
+                            f"remove it from search.space and give it a fixed value")
+    if (r.pack_members_per_pass or 0) > r.pack:
+        problems.append(f"resources.pack_members_per_pass: {r.pack_members_per_pass} is more than a pack holds "
+                        f"(resources.pack: {r.pack}); set it to at most {r.pack}")
     if cfg.eval.only:
         problems.append(f"resources.pack: eval.only trials train nothing to pack; {fix}")
     ends = [n for n in EVALUATORS.names_in_order() if EVALUATORS.get(n).enabled(cfg.eval)]

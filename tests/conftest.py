@@ -21,6 +21,16 @@ from helpers import (  # noqa: F401 - re-exported for tests that still import th
 from trainables.paths import find_data
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_model_converted():
+    """The embedded model converted before any test runs: its first conversion prints a progress bar on
+    stderr, which a test reading a command's stderr line by line would otherwise see when it happens to
+    run first on a fresh cache (test_pack_config alone did)."""
+    from trainables.models import resolve_model
+
+    resolve_model("smollm2-135m-instruct")
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from transformers import AutoTokenizer

@@ -99,7 +99,8 @@ def roundtrip(obj):
 class Pack:
     """A pack as a trial runner drives it: members with their own optimizers, schedules and step counters."""
 
-    def __init__(self, base):
+    def __init__(self, base, members_per_pass: int | None = None):
+        self.members_per_pass = members_per_pass
         self.model = copy.deepcopy(base).train()
         self.lora = PackedLora(self.model, "all-linear")
         self.opts, self.scheds, self.done, self.plans = {}, {}, {}, {}
@@ -119,7 +120,8 @@ class Pack:
     def step(self, rows: list) -> None:
         steps = {m: micro_batches(rows, self.plans[m], self.done[m]) for m in self.opts}
         n = {m: sum(b.n_labels for b in batches) for m, batches in steps.items()}
-        out = packed_train_step(self.lora, self.model, steps, NO_AUTOCAST, self.opts, self.scheds, 1.0, n)
+        out = packed_train_step(self.lora, self.model, steps, NO_AUTOCAST, self.opts, self.scheds, 1.0, n,
+                                self.members_per_pass)
         for m, loss in out.items():
             self.losses[m].append(float(loss) / n[m])
             self.done[m] += 1
@@ -301,3 +303,24 @@ def test_gradient_checkpointing_recomputes_each_round_inside_its_route(base, row
     assert calls[True] == 2 * calls[False] > 0
     for m in "ab":
         assert losses[True][m] == pytest.approx(losses[False][m], abs=1e-5), m
+
+
+def test_a_round_split_into_passes_trains_each_member_as_one_pass_does(runs, base, rows):
+    """resources.pack_members_per_pass: 2 of a pack of 3 runs each round as two forward/backward passes
+    (a and b, then c): no pass holds more than two members' rows, and every member loses per step what it
+    loses alone (the members' losses are independent, so the split changes no gradient)."""
+    train, _ = rows
+    p = Pack(base, members_per_pass=2)
+    for m in "abc":
+        p.add(PLANS[m])
+    layer = next(iter(p.lora.layers.values()))
+    rows_per_pass: list[int] = []
+    hook = layer.register_forward_hook(lambda _m, args, _o: rows_per_pass.append(args[0].shape[0]))
+    for _ in range(SWAP_AT):
+        p.step(train)
+    hook.remove()
+    for m in "abc":
+        assert p.losses[m] == pytest.approx(runs["alone"][m]["losses"][:SWAP_AT], abs=1e-4), m
+    # one micro-batch per member per step (b has 2): a+b, then c in round 0; b alone in round 1
+    assert len(rows_per_pass) == 3 * SWAP_AT
+    assert max(rows_per_pass) <= max(PLANS["a"].batch + PLANS["b"].batch, PLANS["c"].batch)

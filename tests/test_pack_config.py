@@ -5,14 +5,18 @@ model, no Ray (the packed sweeps themselves: tests/test_pack_sweep.py)."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
+from helpers import REPO
 
 from harness.display import SweepDisplay
 from harness.results import trial_row
 from harness.sweep import main
 from results_contract import LEAD
+from trainables.pack_actor import members_per_pass
 from trainables.pack_trial import base_key
 from trainables.schema import trial_config
 
@@ -29,7 +33,14 @@ NO_DDP = ("resources.pack: packed trials train in one process, not data-parallel
     (["resources.pack=2", "resources.workers_per_trial=2"], [NO_DDP]),
     (["resources.pack=3", "train.compile=true"], ["resources.pack: train.compile is not supported in packed "
                                                   "trials; set resources.pack: 1 or train.compile: false"]),
-], ids=["zero", "fraction", "text", "data-parallel", "compile"])
+    (["resources.pack=4", "resources.pack_members_per_pass=5"],
+     ["resources.pack_members_per_pass: 5 is more than a pack holds (resources.pack: 4); set it to at most 4"]),
+    (["resources.pack_members_per_pass=2"],
+     ["resources.pack_members_per_pass: only packed trials have members; set resources.pack above 1 or remove "
+      "resources.pack_members_per_pass"]),
+    (["resources.pack=4", "resources.pack_members_per_pass=0"],
+     ["resources.pack_members_per_pass: Input should be greater than or equal to 1 (got 0)"]),
+], ids=["zero", "fraction", "text", "data-parallel", "compile", "pass-over-pack", "pass-unpacked", "pass-zero"])
 def test_a_bad_pack_is_refused_in_one_line_naming_the_field(overrides, expected, tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -46,7 +57,8 @@ def test_configs_that_cannot_share_a_base_get_different_keys():
                                                                               "train.seed": 7, "lora.dropout": 0})]
     assert base_key(same[0]) == base_key(same[1])  # adapter, optimizer and seed are each member's own
     others = [{"train.max_seq_len": 64}, {"model.quantization": "nf4"}, {"train.bf16": "on"},
-              {"resources.cpus_per_trial": 2}, {"lora.target_modules": ["q_proj"]}]
+              {"resources.cpus_per_trial": 2}, {"lora.target_modules": ["q_proj"]},
+              {"resources.pack_members_per_pass": 1}]
     keys = {base_key(trial_config(base, p)) for p in others}
     assert len(keys) == len(others) and base_key(same[0]) not in keys
 
@@ -90,3 +102,32 @@ def test_packed_trials_leave_every_cpu_to_their_packs():
     alone = trial_resources({"name": "p", "resources": {"pack": 1, "cpus_per_trial": 1}})({}).bundles
     assert packed == [{"memory": 512 * 2**20}] and alone[0]["CPU"] == 1  # Ray drops the zero CPU
     assert 2 * 1 + 8 * packed[0].get("CPU", 0) <= 2
+
+
+RETAINED = """
+import sys
+from trainables.pack_actor import return_freed_memory
+if sys.argv[1] == "fixed":
+    assert return_freed_memory()
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+before = rss_mb()
+for _ in range(3):  # freed, then asked for again: glibc's default keeps the second one in its heap
+    block = bytearray(8 * 2**20)
+    del block
+print(rss_mb() - before)
+"""
+
+
+def test_a_pack_process_gives_freed_blocks_back_to_the_os():
+    """The pack actor fixes glibc's mmap threshold (pack_actor.return_freed_memory): a freed 8 MiB block
+    leaves the process at once, where the default keeps it in the heap after the first one."""
+    kept = {how: int(subprocess.run([sys.executable, "-c", RETAINED, how], capture_output=True, text=True,
+                                    check=True, cwd=REPO).stdout) for how in ("default", "fixed")}
+    assert kept["default"] >= 8 and kept["fixed"] < 2, kept
+
+
+def test_a_pack_passes_all_members_at_once_on_a_gpu_and_one_at_a_time_on_the_cpu_unless_told():
+    assert members_per_pass(None, "cuda") is None  # one forward/backward per round for the whole pack
+    assert members_per_pass(None, "cpu") == 1
+    assert members_per_pass(3, "cpu") == 3 and members_per_pass(2, "cuda") == 2

@@ -15,37 +15,57 @@ from __future__ import annotations
 
 import io
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainables.distributed import Session
+from trainables.pack_trial import STATE
 from trainables.schema import SweepConfig, trial_config
 
 IDLE_EXIT_S = 20.0  # an empty pack waits this long for a next trial before its process exits (frees its resources)
+# glibc serves blocks of this size and more with mmap, so each freed activation goes back to the OS. Its
+# default raises that threshold to the largest block freed so far (up to 32 MiB): a pack's activations, of
+# many sizes as its members' passes differ, then stay in a fragmented heap. Profile (docs/performance.md):
+# a pack of 4, one member per pass, peaked at 3.3 GB with the default and 2.0 GB with this, ~20% slower.
+MMAP_THRESHOLD = 128 * 1024
 
 
 class MemberSession(Session):
     """A member trial's session inside the pack: the trial's own id; its checkpoint is the TrainState it
-    joined with; its reports go to the member's queue (the trial's process reports them to Tune)."""
+    joined with; its reports go to the member's queue (the trial's process reports them to Tune).
+    `handoff`: where its checkpoints are written when the trial's process runs on this machine too (a
+    directory's name prefix, in the temporary directory), else None."""
 
-    def __init__(self, trial_id: str, saved: dict[str, Any] | None, reports: queue.Queue):
+    def __init__(self, trial_id: str, saved: dict[str, Any] | None, reports: queue.Queue, handoff: str | None):
         super().__init__(trial_id)
-        self.saved, self.reports = saved, reports
+        self.saved, self.reports, self.handoff = saved, reports, handoff
         self.pack: dict[str, Any] = {}  # pack_id / packed_with, added to every report
 
     def get_checkpoint(self) -> dict[str, Any] | None:
         return self.saved
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
-        """Queued for the trial's process, the TrainState as state.pt's bytes (that process has no torch)."""
-        if state is not None:
+        """Queued for the trial's process (which has no torch), the TrainState written as state.pt: in a
+        directory named by the handoff prefix, which the trial reports as its checkpoint and deletes, or else as state.pt's bytes in
+        a numpy array, which Ray hands over as a view of its object store (bytes would be copied into the
+        trial's heap). Either way the trial's process never holds the state itself: a relay that did
+        peaked at 570 MB for r 32, ~200 MB of it Ray Tune's own imports."""
+        if state is not None and self.handoff is not None:
+            folder = Path(tempfile.mkdtemp(prefix=self.handoff))
+            torch.save(state, folder / STATE)
+            state = str(folder)
+        elif state is not None:
             buffer = io.BytesIO()
             torch.save(state, buffer)
-            state = buffer.getvalue()
+            state = np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
         self.reports.put(("report", {**self.tagged(metrics), **self.pack}, state))
 
 
@@ -108,18 +128,22 @@ class PackActor:
         self.gone: set[str] = set()  # left, still to be dropped by the training thread
         self.m: Any = None  # trainables.trial.Model, loaded by the first member
         self.packed: Any = None
+        self.members_per_pass: int | None = None
         self.members: dict[str, Member] = {}
         self.queues: dict[str, queue.Queue] = {}
         self.reserved: set[str] = set()
         self.empty_since = time.monotonic()
+        self.node_id = _node_id()
+        return_freed_memory()
         threading.Thread(target=self._run, daemon=True).start()
 
     # ------------------------------------------------------------------ called by the member trials
 
     def join(self, trial_id: str, params: dict[str, Any], base: dict[str, Any], storage: str,
-             tokens: tuple[str, dict], saved: bytes | None) -> str:
+             tokens: tuple[str, dict], saved: bytes | None, node_id: str | None = None) -> str:
         """"joined", or "full" (the trial tries the next pack). The member is set up here (the trial's recipe
-        steps), its reports then come from next_report."""
+        steps), its reports then come from next_report. `node_id`: the trial's Ray node (on this one its
+        checkpoints are handed over as directories, MemberSession.report)."""
         with self.slots:
             if len(self.reserved) >= self.capacity or self.empty_since is None:
                 return "full"
@@ -130,7 +154,8 @@ class PackActor:
             with self.lock:
                 self._drop_gone()  # a retry of a trial that left: its old member first
                 state = torch.load(io.BytesIO(saved), weights_only=False) if saved else None  # its state.pt
-                self._set_up(trial_id, trial_config(base, params), storage, tokens, state)
+                self._set_up(trial_id, trial_config(base, params), storage, tokens, state,
+                             self._handoff(trial_id) if node_id == self.node_id else None)
         except BaseException as e:  # noqa: BLE001 - the trial raises it (next_report)
             with self.lock:
                 self._drop(trial_id)
@@ -150,21 +175,30 @@ class PackActor:
             self.reserved.discard(trial_id)
             if not self.reserved:
                 self.empty_since = time.monotonic()
+        # its checkpoints not taken, now: when the sweep ends with this trial, the pack is gone before a next round
+        _delete_handoffs(self._handoff(trial_id))
         self.wake.set()
 
     # ------------------------------------------------------------------ set up (the trial's recipe)
 
+    def _handoff(self, trial_id: str) -> str:
+        """The name prefix of the directories where this member's checkpoints wait for its trial (on this
+        machine): the trial deletes each one it has reported; leave and _drop delete the ones it never took."""
+        return f"harness-pack-{self.pack_id}-{trial_id}-"
+
     def _set_up(self, trial_id: str, cfg: SweepConfig, storage: str, tokens: tuple[str, dict],
-                saved: dict[str, Any] | None) -> None:
+                saved: dict[str, Any] | None, handoff: str | None) -> None:
         from trainables import trial as recipe
 
         t0 = time.perf_counter()
-        session = MemberSession(trial_id, saved, self.queues[trial_id])
+        session = MemberSession(trial_id, saved, self.queues[trial_id], handoff)
         opened = recipe.open_trial(cfg, storage, session)
         if self.m is None:
             from trainables.pack import PackedLora
 
             self.m = recipe.set_up_model(cfg)
+            # the same for all members: resources are in base_key
+            self.members_per_pass = members_per_pass(cfg.resources.pack_members_per_pass, self.m.device)
             self.packed = PackedLora(recipe.prepare_base(cfg, self.m.model), cfg.lora.target_modules)
         with self.packed.base_only():  # a selection that scores examples runs the base model
             data = recipe.set_up_data(cfg, self.m, tokens, opened)
@@ -181,8 +215,9 @@ class PackActor:
                                         torch.zeros((), device=self.m.device))
 
     def _drop(self, trial_id: str) -> None:
-        """The member out of the pack (its LoRA weights and optimizer freed). Under `lock`."""
+        """The member out of the pack (its LoRA weights, optimizer and untaken checkpoints freed). Under `lock`."""
         self.members.pop(trial_id, None)
+        _delete_handoffs(self._handoff(trial_id))
         if self.packed is not None and trial_id in self.packed.members():
             self.packed.remove(trial_id)
 
@@ -259,7 +294,8 @@ class PackActor:
             losses = packed_train_step(self.packed, self.m.model, steps, self.m.autocast,
                                        {t: mb.adapter.optimizer for t, mb in ready.items()},
                                        {t: mb.adapter.scheduler for t, mb in ready.items()},
-                                       {t: mb.trial.cfg.train.max_grad_norm for t, mb in ready.items()}, n_labels)
+                                       {t: mb.trial.cfg.train.max_grad_norm for t, mb in ready.items()}, n_labels,
+                                       self.members_per_pass)
             for tid, mb in ready.items():
                 self._stepped(tid, mb, steps[tid], losses[tid], n_labels[tid])
         return True
@@ -290,3 +326,37 @@ class PackActor:
 def _targets(target_modules: list[str] | str) -> tuple[str, ...]:
     """lora.target_modules as a MemberSpec takes them ("all-linear" is one name)."""
     return (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
+
+
+def _node_id() -> str | None:
+    """This process's Ray node (None outside Ray: a pack built by a test)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def members_per_pass(configured: int | None, device: str) -> int | None:
+    """resources.pack_members_per_pass, or its default: every member in one pass on a GPU (bigger batches
+    fill it), one member a pass on the CPU, where the arithmetic is the same either way and only the
+    memory differs (docs/performance.md: 8 trials in 2 packs of 4, 0.5x the memory and 0.86x the time
+    of one pass per round)."""
+    if configured is not None:
+        return configured
+    return 1 if device == "cpu" else None
+
+
+def return_freed_memory() -> bool:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD (why: there). False where the C library is not glibc."""
+    import ctypes
+
+    m_mmap_threshold = -3  # malloc.h
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator is left as it is
+        return False
+
+
+def _delete_handoffs(prefix: str) -> None:
+    """A member's checkpoint directories its trial never took (MemberSession.report's handoff)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        shutil.rmtree(folder, ignore_errors=True)

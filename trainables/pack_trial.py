@@ -6,9 +6,10 @@ resources and one copy of the base model for up to resources.pack trials with th
 The trial joins a pack with its config and its last checkpoint, then hands each report the actor makes for
 it to Tune with its checkpoint. Whatever ends the trial - its last report, the scheduler stopping it
 (Tune's report raises SystemExit), an error - it leaves the pack, so the next pending trial can take its
-place. This process never imports torch (~180 MB a process; k of them per pack): the actor serialises
-each TrainState (state.pt's bytes) and the trial writes those bytes, with the report beside them
-(report.json), which is what it reads back on a resume.
+place. This process never imports torch (~180 MB a process; k of them per pack) nor holds a TrainState:
+the actor writes each one as state.pt, into a directory this process reports as the checkpoint when both
+run on one machine, else as bytes this process writes straight from Ray's object store; the report goes
+beside it (report.json), which is what a resume reads back.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables.schema import SweepConfig
 from trainables.secrets import masking_errors
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # bytes, or a numpy array of them
 
 JOIN_RETRY_S = 1.0
 STATE, REPORT = "state.pt", "report.json"  # a packed trial's checkpoint: the TrainState, and its report
@@ -61,7 +66,8 @@ def pack_trial(params: dict[str, Any], *, base: dict[str, Any], storage: str, to
         if had_ended(last.get("step", 0), last.get("total_steps", float("inf")), trial_dir):
             tune.report({**last, "resumed_from_report": last["report"]})
             return
-    actor = _join(cfg, base_key(cfg), trial_id, (params, base, storage, tokens, state))
+    node = ray.get_runtime_context().get_node_id()
+    actor = _join(cfg, base_key(cfg), trial_id, (params, base, storage, tokens, state, node))
     try:
         while True:
             kind, value, state = ray.get(actor.next_report.remote(trial_id))
@@ -87,18 +93,24 @@ def _last_checkpoint() -> tuple[bytes | None, dict[str, Any]]:
         return Path(d, STATE).read_bytes(), json.loads(report.read_text()) if report.exists() else {}
 
 
-def _report(metrics: dict[str, Any], state: bytes | None) -> None:
+def _report(metrics: dict[str, Any], state: str | Buffer | None) -> None:
     """The report to Tune, with the TrainState the actor serialised as its checkpoint (Session.report's
-    layout, state.pt, so that a checkpoint is read the same way packed or not)."""
+    layout, state.pt, so that a checkpoint is read the same way packed or not). `state` (MemberSession.report):
+    a directory with state.pt that the actor wrote on this machine, or state.pt's bytes as a read-only view
+    of Ray's object store, written without a copy."""
     from ray import tune
 
     if state is None:
         tune.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as d:
-        Path(d, STATE).write_bytes(state)
-        Path(d, REPORT).write_text(json.dumps(metrics, default=str))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    folder = state if isinstance(state, str) else tempfile.mkdtemp()
+    try:
+        if not isinstance(state, str):
+            Path(folder, STATE).write_bytes(state)
+        Path(folder, REPORT).write_text(json.dumps(metrics, default=str))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _join(cfg: Any, key: str, trial_id: str, args: tuple) -> Any:

@@ -125,12 +125,21 @@ def _member_sums(model: Any, batch: Batch, rows: list[tuple[str, int]], autocast
     return {member: per_member[i] for i, (member, _) in enumerate(rows)}
 
 
+def _passes(parts: dict[str, Batch], members_per_pass: int | None) -> list[dict[str, Batch]]:
+    """A round's micro-batches in groups of `members_per_pass` members (None: all in one pass)."""
+    members = list(parts)
+    size = members_per_pass or len(members)
+    return [{m: parts[m] for m in members[i : i + size]} for i in range(0, len(members), size)]
+
+
 def packed_train_step(packed: PackedLora, model: Any, steps: dict[str, list[Batch]], autocast: Callable[[], Any],
                       optimizers: dict[str, Any], schedulers: dict[str, Any], max_grad_norm: dict[str, float] | float,
-                      n_labels: dict[str, int]) -> dict[str, torch.Tensor]:
+                      n_labels: dict[str, int], members_per_pass: int | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step for every member in `steps` (member -> its micro-batches of this step), one
-    forward/backward through the base per round (module docstring). Returns each member's summed token
-    loss of the step as a device tensor, as train_step does (reading it is a host sync)."""
+    forward/backward through the base per round (module docstring), or per `members_per_pass` members of a
+    round: the members' losses are independent, so splitting a round changes no gradient, only how many
+    rows' activations are held at once. Returns each member's summed token loss of the step as a device
+    tensor, as train_step does (reading it is a host sync)."""
     empty = [m for m, batches in steps.items() if not batches]
     if empty:
         raise ValueError(f"packed_train_step: no micro-batch for {', '.join(empty)} in this step")
@@ -138,12 +147,14 @@ def packed_train_step(packed: PackedLora, model: Any, steps: dict[str, list[Batc
     totals = {m: torch.zeros((), device=device) for m in steps}
     model.train()  # as loaded, or as a member's report left it, the model is in eval mode: no dropout, no checkpointing
     for j in range(max(len(batches) for batches in steps.values())):
-        batch, rows = concat_rows({m: batches[j] for m, batches in steps.items() if j < len(batches)})
-        with packed.routed(rows):  # the backward too: gradient checkpointing recomputes the forward in it
-            sums = _member_sums(model, batch, rows, autocast)
-            sum(loss / max(n_labels[m], 1) for m, loss in sums.items()).backward()
-        for m, loss in sums.items():
-            totals[m] += loss.detach()
+        round_j = {m: batches[j] for m, batches in steps.items() if j < len(batches)}
+        for parts in _passes(round_j, members_per_pass):
+            batch, rows = concat_rows(parts)
+            with packed.routed(rows):  # the backward too: gradient checkpointing recomputes the forward in it
+                sums = _member_sums(model, batch, rows, autocast)
+                sum(loss / max(n_labels[m], 1) for m, loss in sums.items()).backward()
+            for m, loss in sums.items():
+                totals[m] += loss.detach()
     for m in steps:
         norm = max_grad_norm[m] if isinstance(max_grad_norm, dict) else max_grad_norm
         torch.nn.utils.clip_grad_norm_(packed.parameters_of(m), norm)

@@ -135,6 +135,10 @@ class ResourcesConfig(Strict):
     workers_per_trial: int = Field(1, ge=1, description="data-parallel workers (Ray Train TorchTrainer + DDP)")
     pack: int = Field(1, ge=1, description="trials sharing one base model in one worker (a pack actor holding "
                                            "these resources); 1: every trial its own model")
+    pack_members_per_pass: int | None = Field(
+        None, ge=1, description="members whose micro-batches go through the base in one forward/backward; "
+        "default: all of them on a GPU (one pass per round), 1 on the CPU (the same arithmetic in smaller "
+        "passes: half the memory, measured). Activation memory grows with the rows of a pass")
 
 
 class RayConfig(Strict):
