@@ -5,7 +5,8 @@ diverging (lr 1e37). One packed sweep and the same sweep unpacked, shared by the
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -156,40 +157,38 @@ def saved_before_its_first_checkpoint(tune_dir: Path, trial_id: str) -> None:
     atomic_write_text(sorted(tune_dir.glob("experiment_state-*.json"))[-1], json.dumps(state))
 
 
-def _hand_over(config: dict) -> None:
-    """A Tune trial reporting one TrainState each way the pack actor hands it over (MemberSession.report):
-    a directory written on this machine, and bytes as Ray maps them from its object store (another node)."""
-    import queue
+HAND_OVER = """
+import queue, sys
+import ray, torch
+from ray import tune
+from trainables.pack_actor import MemberSession
+from trainables.pack_trial import _report
 
-    import ray
-    import torch
-
-    from trainables.pack_actor import MemberSession
-    from trainables.pack_trial import _report
-
+def hand_over(config):
     for step, handoff in ((1, config["handoff"]), (2, None)):
-        reports: queue.Queue = queue.Queue()
+        reports = queue.Queue()
         MemberSession("t", None, reports, handoff).report({"step": step}, {"adapter": {"w": torch.arange(step * 3.0)}})
         _, metrics, state = reports.get()
         assert isinstance(state, str) == (handoff is not None), type(state)  # a directory's path, or the bytes
         _report(metrics, state if isinstance(state, str) else ray.get(ray.put(state)))
 
+ray.init(num_cpus=1, include_dashboard=False)
+result = tune.Tuner(hand_over, param_space={"handoff": sys.argv[1]}, run_config=tune.RunConfig(
+    storage_path=sys.argv[2], name="h", checkpoint_config=tune.CheckpointConfig(num_to_keep=None))).fit()[0]
+print("ERROR", result.error)
+"""
+
 
 def test_a_members_checkpoint_reaches_tune_from_the_actors_directory_or_from_the_object_store(tmp_path):
-    import ray
+    """A Tune trial reports one TrainState each way the pack actor hands it over (MemberSession.report): a
+    directory written on this machine, and bytes as Ray maps them from its object store (another node).
+    Its own process: a Ray of its own, whatever this one has started."""
     import torch
-    from ray import tune
 
     handoff = f"harness-test-{tmp_path.name}-"  # MemberSession's directories: this prefix in the temporary directory
-    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False,  # its worker imports _hand_over from here
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)])}})
-    try:
-        result = tune.Tuner(_hand_over, param_space={"handoff": handoff}, run_config=tune.RunConfig(
-            storage_path=str(tmp_path / "runs"), name="h", checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-        )).fit()[0]
-    finally:
-        ray.shutdown()
-    assert result.error is None, result.error
+    proc = subprocess.run([sys.executable, "-c", HAND_OVER, handoff, str(tmp_path / "runs")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert "ERROR None" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
     saved = sorted(p for p in (tmp_path / "runs" / "h").rglob("checkpoint_*") if p.is_dir())
     assert len(saved) == 2
     for step, folder in enumerate(saved, 1):
