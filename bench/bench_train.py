@@ -52,7 +52,7 @@ import torch  # noqa: E402
 from trainables.batching import Encoded, padding_fraction  # noqa: E402
 from trainables.data.formats import load_examples  # noqa: E402
 from trainables.data.tokenize import IGNORE, Tokens, encode  # noqa: E402
-from trainables.pack_actor import MMAP_THRESHOLD  # noqa: E402
+from trainables.distributed import MMAP_THRESHOLD  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 DATA = "alpaca/random_9k.json"
@@ -441,7 +441,7 @@ def packed_sweeps(tmp: Path, n_examples: int, only: set[str] | None = None) -> l
             ("pack4_x2_ckpt", ["resources.pack=4", "resources.cpus_per_trial=1", "search.max_concurrent=8",
                                "train.gradient_checkpointing=true"]),
             ("unpacked_x8", ["resources.cpus_per_trial=0.25", "search.max_concurrent=8"]),
-            # the allocator setting every pack process has (pack_actor.MMAP_THRESHOLD), given to every trial
+            # the allocator setting every pack process has (distributed.MMAP_THRESHOLD), given to every trial
             # through the environment Ray's workers inherit: how much of a pack's saving is the allocator's
             ("unpacked_x8_mmap", ["resources.cpus_per_trial=0.25", "search.max_concurrent=8"]),
             ("unpacked_x2", ["resources.cpus_per_trial=1", "search.max_concurrent=2"])]

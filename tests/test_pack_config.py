@@ -106,7 +106,7 @@ def test_packed_trials_leave_every_cpu_to_their_packs():
 
 RETAINED = """
 import sys
-from trainables.pack_actor import return_freed_memory
+from trainables.distributed import return_freed_memory
 if sys.argv[1] == "fixed":
     assert return_freed_memory()
 def rss_mb():
@@ -120,7 +120,7 @@ print(rss_mb() - before)
 
 
 def test_a_pack_process_gives_freed_blocks_back_to_the_os():
-    """The pack actor fixes glibc's mmap threshold (pack_actor.return_freed_memory): a freed 8 MiB block
+    """The pack actor fixes glibc's mmap threshold (distributed.return_freed_memory): a freed 8 MiB block
     leaves the process at once, where the default keeps it in the heap after the first one."""
     kept = {how: int(subprocess.run([sys.executable, "-c", RETAINED, how], capture_output=True, text=True,
                                     check=True, cwd=REPO).stdout) for how in ("default", "fixed")}

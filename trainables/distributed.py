@@ -62,6 +62,22 @@ def trial_process() -> Iterator[None]:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+# glibc serves blocks of this size and more with mmap, so each freed block goes back to the OS. Its default
+# raises that threshold to the largest block freed so far (up to 32 MiB): a pack's activations, of many sizes
+# as its members' passes differ, then stay in a fragmented heap. Profile (docs/performance.md): a pack of 4,
+# one member per pass, peaked at 3.3 GB with the default and 2.0 GB with this, ~20% slower.
+MMAP_THRESHOLD = 128 * 1024
+
+
+def return_freed_memory() -> bool:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD for this process (a pack actor's; why: there). False
+    where the C library is not glibc."""
+    m_mmap_threshold = -3  # malloc.h
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): its allocator is left as it is
+        return bool(ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, MMAP_THRESHOLD))
+    return False
+
+
 def where() -> dict[str, str]:
     """The Ray node this process runs on: node_id (results.csv) and a short label for the live table."""
     host = socket.gethostname().split(".")[0]

@@ -26,16 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.distributed import Session
+from trainables.distributed import Session, return_freed_memory, where
 from trainables.pack_trial import STATE
 from trainables.schema import SweepConfig, trial_config
 
 IDLE_EXIT_S = 20.0  # an empty pack waits this long for a next trial before its process exits (frees its resources)
-# glibc serves blocks of this size and more with mmap, so each freed activation goes back to the OS. Its
-# default raises that threshold to the largest block freed so far (up to 32 MiB): a pack's activations, of
-# many sizes as its members' passes differ, then stay in a fragmented heap. Profile (docs/performance.md):
-# a pack of 4, one member per pass, peaked at 3.3 GB with the default and 2.0 GB with this, ~20% slower.
-MMAP_THRESHOLD = 128 * 1024
 
 
 class MemberSession(Session):
@@ -54,9 +49,9 @@ class MemberSession(Session):
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         """Queued for the trial's process (which has no torch), the TrainState written as state.pt: in a
-        directory named by the handoff prefix, which the trial reports as its checkpoint and deletes, or else as state.pt's bytes in
-        a numpy array, which Ray hands over as a view of its object store (bytes would be copied into the
-        trial's heap). Either way the trial's process never holds the state itself: a relay that did
+        directory named by the handoff prefix, which the trial reports as its checkpoint and deletes, or
+        else as state.pt's bytes in a numpy array, which Ray hands over as a view of its object store
+        (bytes would be copied into the trial's heap). Either way the trial's process never holds the state itself: a relay that did
         peaked at 570 MB for r 32, ~200 MB of it Ray Tune's own imports."""
         if state is not None and self.handoff is not None:
             folder = Path(tempfile.mkdtemp(prefix=self.handoff))
@@ -133,7 +128,7 @@ class PackActor:
         self.queues: dict[str, queue.Queue] = {}
         self.reserved: set[str] = set()
         self.empty_since = time.monotonic()
-        self.node_id = _node_id()
+        self.node_id = where()["node_id"]  # a trial on this node gets its checkpoints as directories
         return_freed_memory()
         threading.Thread(target=self._run, daemon=True).start()
 
@@ -328,32 +323,14 @@ def _targets(target_modules: list[str] | str) -> tuple[str, ...]:
     return (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
 
 
-def _node_id() -> str | None:
-    """This process's Ray node (None outside Ray: a pack built by a test)."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-
-
 def members_per_pass(configured: int | None, device: str) -> int | None:
     """resources.pack_members_per_pass, or its default: every member in one pass on a GPU (bigger batches
     fill it), one member a pass on the CPU, where the arithmetic is the same either way and only the
-    memory differs (docs/performance.md: 8 trials in 2 packs of 4, 0.5x the memory and 0.86x the time
-    of one pass per round)."""
+    memory differs (docs/performance.md: 8 trials in 2 packs of 4, the packs' memory 0.48x and the
+    sweep's time 0.86x of one pass per round)."""
     if configured is not None:
         return configured
     return 1 if device == "cpu" else None
-
-
-def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold at MMAP_THRESHOLD (why: there). False where the C library is not glibc."""
-    import ctypes
-
-    m_mmap_threshold = -3  # malloc.h
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator is left as it is
-        return False
 
 
 def _delete_handoffs(prefix: str) -> None:
